@@ -1,0 +1,1 @@
+//! The job-file language (placeholder).

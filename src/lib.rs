@@ -1,0 +1,18 @@
+//! `runner`: a batch job runner for the ERNIE-ViLG (文心一格) text-to-image API.
+//!
+//! # Layout
+//!
+//! - [`cli`]: clap subcommands, one `Args` + `run` each; exit codes; progress display.
+//! - [`jobfile`]: the YAML job-file model, validation against the API's limits (with
+//!   `file:line:col`), expansion to items, item keys.
+//! - [`api`]: wire types shared by the client and the simulator: requests, answers, error codes
+//!   and their classes.
+//! - [`sim`]: the simulator: an axum router and `serve(listener, config, shutdown)`, with the real
+//!   limits, faults and expiring URLs.
+//!
+//! See `DESIGN.md` for the state machine and invariants.
+
+pub mod api;
+pub mod cli;
+pub mod jobfile;
+pub mod sim;
