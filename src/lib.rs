@@ -13,6 +13,10 @@
 //! See `DESIGN.md` for the state machine and invariants.
 
 pub mod api;
+pub mod archive;
 pub mod cli;
+pub mod client;
 pub mod jobfile;
+pub mod scheduler;
 pub mod sim;
+pub mod store;

@@ -1,0 +1,431 @@
+//! The archive on disk: verified, atomic writes of images, sidecars and manifests.
+//!
+//! Layout under the archive root:
+//!
+//! ```text
+//! <batch>/manifest.jsonl                   one line per archived, skipped or lost image
+//! <batch>/images/<kk>/<key>-<n>.png        the image (kk = first two characters of the key)
+//! <batch>/images/<kk>/<key>-<n>.json       its sidecar
+//! <batch>/.tmp/                            downloads in progress (cleared at the start of a run)
+//! ```
+//!
+//! An image is downloaded to `.tmp`, verified (length, PNG decodes, dimensions match the request),
+//! hashed, fsynced, renamed into place, and only then marked archived in the store. The manifest
+//! is rewritten from the store (temp file, fsync, rename) at the start and end of every run, and
+//! appended to as images are archived in between, so it always agrees with the store at rest.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::api::Size;
+use crate::store::ImageRecord;
+
+/// Errors of the archive layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// A file operation failed (disk full, no permission, ...).
+    #[error("archive: {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The downloaded bytes are not the image that was asked for.
+    #[error("bad image: {0}")]
+    BadImage(String),
+    /// A name would escape the archive, or a symlink was found where a folder must be.
+    #[error("unsafe archive path: {0}")]
+    Unsafe(String),
+}
+
+impl ArchiveError {
+    /// Whether the download itself was bad (retry the download), rather than the disk.
+    pub fn is_bad_image(&self) -> bool {
+        matches!(self, ArchiveError::BadImage(_))
+    }
+}
+
+type Result<T, E = ArchiveError> = std::result::Result<T, E>;
+
+fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> ArchiveError + 'a {
+    move |source| ArchiveError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What `verify` found for one archived image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileCheck {
+    /// Present, same hash.
+    Ok,
+    /// No file.
+    Missing,
+    /// The bytes differ from the recorded hash.
+    Corrupt,
+}
+
+/// The archive root.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    root: PathBuf,
+}
+
+/// Whether `name` is a safe batch name (the job file's rule, checked again here because it names
+/// a folder).
+pub fn is_safe_batch(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+fn is_safe_key(key: &str) -> bool {
+    key.len() >= 8 && key.len() <= 64 && key.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+impl Archive {
+    /// An archive rooted at `root` (created when first written).
+    pub fn new(root: impl Into<PathBuf>) -> Archive {
+        Archive { root: root.into() }
+    }
+
+    /// The archive root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder of a batch.
+    pub fn batch_dir(&self, batch: &str) -> Result<PathBuf> {
+        if !is_safe_batch(batch) {
+            return Err(ArchiveError::Unsafe(format!("batch name {batch:?}")));
+        }
+        Ok(self.root.join(batch))
+    }
+
+    /// Path of an image relative to its batch folder.
+    pub fn image_rel_path(key: &str, idx: u32) -> Result<String> {
+        if !is_safe_key(key) {
+            return Err(ArchiveError::Unsafe(format!("item key {key:?}")));
+        }
+        Ok(format!("images/{}/{key}-{idx}.png", &key[..2]))
+    }
+
+    /// Creates `dir` and its parents below the root, refusing symlinks on the way (a planted
+    /// symlink must not lead writes out of the archive).
+    fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        let rel = dir.strip_prefix(&self.root).map_err(|_| {
+            ArchiveError::Unsafe(format!("{} is outside the archive", dir.display()))
+        })?;
+        let mut cur = self.root.clone();
+        fs::create_dir_all(&cur).map_err(io_at("create folder", &cur))?;
+        for part in rel.components() {
+            cur.push(part);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(ArchiveError::Unsafe(format!(
+                        "{} is a symlink",
+                        cur.display()
+                    )));
+                }
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(ArchiveError::Unsafe(format!(
+                        "{} is not a folder",
+                        cur.display()
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&cur).map_err(io_at("create folder", &cur))?;
+                }
+                Err(e) => return Err(io_at("inspect", &cur)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes downloads left half-done by an earlier run.
+    pub fn clear_temp(&self, batch: &str) -> Result<usize> {
+        let tmp = self.batch_dir(batch)?.join(".tmp");
+        let entries = match fs::read_dir(&tmp) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_at("read", &tmp)(e)),
+        };
+        let mut n = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_at("read", &tmp))?;
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_at("remove", &path))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A fresh temporary path for a download of `key`/`idx`.
+    pub fn temp_path(&self, batch: &str, key: &str, idx: u32) -> Result<PathBuf> {
+        let tmp = self.batch_dir(batch)?.join(".tmp");
+        self.ensure_dir(&tmp)?;
+        if !is_safe_key(key) {
+            return Err(ArchiveError::Unsafe(format!("item key {key:?}")));
+        }
+        Ok(tmp.join(format!("{key}-{idx}.png.part")))
+    }
+
+    /// Absolute path of an image given its batch and relative path.
+    pub fn resolve(&self, batch: &str, rel: &str) -> Result<PathBuf> {
+        let rel_path = Path::new(rel);
+        if rel_path.is_absolute()
+            || rel_path
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(ArchiveError::Unsafe(format!("path {rel:?}")));
+        }
+        Ok(self.batch_dir(batch)?.join(rel_path))
+    }
+
+    /// Moves a verified download into place and makes the rename durable.
+    pub fn commit_image(&self, tmp: &Path, batch: &str, rel: &str) -> Result<PathBuf> {
+        let dest = self.resolve(batch, rel)?;
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        self.ensure_dir(&dir)?;
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(ArchiveError::Unsafe(format!(
+                "{} is a symlink",
+                dest.display()
+            )));
+        }
+        fs::rename(tmp, &dest).map_err(io_at("rename into", &dest))?;
+        sync_dir(&dir)?;
+        Ok(dest)
+    }
+
+    /// Writes the sidecar JSON beside an archived image, atomically.
+    pub fn write_sidecar(&self, record: &ImageRecord) -> Result<()> {
+        let Some(rel) = &record.path else {
+            return Ok(());
+        };
+        let image = self.resolve(&record.batch, rel)?;
+        let sidecar = image.with_extension("json");
+        let json =
+            serde_json::to_vec_pretty(record).map_err(|e| ArchiveError::BadImage(e.to_string()))?;
+        write_atomic(&sidecar, &json)
+    }
+
+    /// Whether the sidecar of an archived image exists.
+    pub fn has_sidecar(&self, record: &ImageRecord) -> bool {
+        record
+            .path
+            .as_deref()
+            .and_then(|rel| self.resolve(&record.batch, rel).ok())
+            .is_some_and(|p| p.with_extension("json").exists())
+    }
+
+    /// Appends one record to the batch's manifest.
+    pub fn append_manifest(&self, record: &ImageRecord) -> Result<()> {
+        let dir = self.batch_dir(&record.batch)?;
+        self.ensure_dir(&dir)?;
+        let path = dir.join("manifest.jsonl");
+        refuse_symlink(&path)?;
+        let mut line =
+            serde_json::to_vec(record).map_err(|e| ArchiveError::BadImage(e.to_string()))?;
+        line.push(b'\n');
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_at("open", &path))?;
+        f.write_all(&line).map_err(io_at("append to", &path))?;
+        Ok(())
+    }
+
+    /// Rewrites a batch's manifest from the store's records (temp file, fsync, rename), and
+    /// writes any sidecar that is missing.
+    pub fn sync_batch(&self, batch: &str, records: &[ImageRecord]) -> Result<()> {
+        let dir = self.batch_dir(batch)?;
+        self.ensure_dir(&dir)?;
+        let mut out = Vec::with_capacity(records.len() * 512);
+        for r in records {
+            serde_json::to_writer(&mut out, r)
+                .map_err(|e| ArchiveError::BadImage(e.to_string()))?;
+            out.push(b'\n');
+            if r.path.is_some()
+                && !self.has_sidecar(r)
+                && self
+                    .resolve(batch, r.path.as_deref().unwrap_or_default())?
+                    .exists()
+            {
+                self.write_sidecar(r)?;
+            }
+        }
+        write_atomic(&dir.join("manifest.jsonl"), &out)
+    }
+
+    /// Re-hashes an archived image against its recorded hash.
+    pub fn check(&self, batch: &str, rel: &str, sha256: &str) -> Result<FileCheck> {
+        let path = self.resolve(batch, rel)?;
+        match hash_file(&path) {
+            Ok((hash, _)) if hash == sha256 => Ok(FileCheck::Ok),
+            Ok(_) => Ok(FileCheck::Corrupt),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(FileCheck::Missing),
+            Err(e) => Err(io_at("read", &path)(e)),
+        }
+    }
+}
+
+fn refuse_symlink(path: &Path) -> Result<()> {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(ArchiveError::Unsafe(format!(
+            "{} is a symlink",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` through a temp file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    refuse_symlink(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(io_at("create temp file in", dir))?;
+    tmp.write_all(bytes).map_err(io_at("write", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io_at("sync", path))?;
+    tmp.persist(path)
+        .map_err(|e| io_at("rename into", path)(e.error))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at("sync folder", dir))?;
+    Ok(())
+}
+
+/// SHA-256 (hex) and length of a file.
+pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let n = io::copy(&mut f, &mut h)?;
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Checks that `path` holds a complete PNG of exactly `expected` size: the header parses and
+/// every row decodes (a truncated file fails here).
+pub fn verify_png(path: &Path, expected: Size) -> Result<()> {
+    let file = File::open(path).map_err(io_at("open", path))?;
+    let decoder = png::Decoder::new(BufReader::new(file));
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| ArchiveError::BadImage(format!("not a PNG: {e}")))?;
+    let info = reader.info();
+    let got = Size::new(info.width, info.height);
+    if got != expected {
+        return Err(ArchiveError::BadImage(format!(
+            "{got} instead of {expected}"
+        )));
+    }
+    let mut buf = vec![0; reader.output_buffer_size()];
+    reader
+        .next_frame(&mut buf)
+        .map_err(|e| ArchiveError::BadImage(format!("PNG does not decode: {e}")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png_bytes(w: u32, h: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, w, h);
+            enc.set_color(png::ColorType::Rgb);
+            let mut wr = enc.write_header().unwrap();
+            wr.write_image_data(&vec![7u8; (w * h * 3) as usize])
+                .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn png_verification_checks_size_and_completeness() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.png");
+        let bytes = png_bytes(64, 32);
+        fs::write(&p, &bytes).unwrap();
+        verify_png(&p, Size::new(64, 32)).unwrap();
+        assert!(
+            verify_png(&p, Size::new(32, 64))
+                .unwrap_err()
+                .is_bad_image()
+        );
+        fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(
+            verify_png(&p, Size::new(64, 32))
+                .unwrap_err()
+                .is_bad_image()
+        );
+        fs::write(&p, b"<html>").unwrap();
+        assert!(
+            verify_png(&p, Size::new(64, 32))
+                .unwrap_err()
+                .is_bad_image()
+        );
+    }
+
+    #[test]
+    fn names_cannot_escape() {
+        let a = Archive::new("/tmp/x");
+        assert!(a.batch_dir("../etc").is_err());
+        assert!(a.batch_dir("/abs").is_err());
+        assert!(a.batch_dir("ok-batch_1").is_ok());
+        assert!(Archive::image_rel_path("../../x", 0).is_err());
+        assert!(a.resolve("ok", "../x").is_err());
+        assert!(a.resolve("ok", "/etc/passwd").is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn planted_symlinks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let a = Archive::new(dir.path());
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("evil")).unwrap();
+        assert!(matches!(
+            a.temp_path("evil", "abcdef0123456789", 0),
+            Err(ArchiveError::Unsafe(_))
+        ));
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn atomic_write_and_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Archive::new(dir.path());
+        let tmp = a.temp_path("b", "abcdef0123456789", 1).unwrap();
+        fs::write(&tmp, png_bytes(8, 8)).unwrap();
+        let rel = Archive::image_rel_path("abcdef0123456789", 1).unwrap();
+        let dest = a.commit_image(&tmp, "b", &rel).unwrap();
+        assert!(dest.ends_with("b/images/ab/abcdef0123456789-1.png"));
+        let (hash, _) = hash_file(&dest).unwrap();
+        assert_eq!(a.check("b", &rel, &hash).unwrap(), FileCheck::Ok);
+        assert_eq!(a.check("b", &rel, "00").unwrap(), FileCheck::Corrupt);
+        fs::remove_file(&dest).unwrap();
+        assert_eq!(a.check("b", &rel, &hash).unwrap(), FileCheck::Missing);
+        fs::write(a.temp_path("b", "abcdef0123456789", 2).unwrap(), b"x").unwrap();
+        assert_eq!(a.clear_temp("b").unwrap(), 1);
+    }
+}

@@ -1,0 +1,647 @@
+//! The API client: the only module that speaks HTTP to the API.
+//!
+//! It fetches the access token with `EB_AK`/`EB_SK` (cached in the store with its expiry, refreshed
+//! once when the API answers 100/110/111) or uses a preset `EB_ACCESS_TOKEN`; submits, queries and
+//! downloads with a timeout on every request; and classifies every failure. The access token is
+//! carried in the URL's query, so every error is stripped of its URL before it can reach a message
+//! or a log line; the secret key is never written anywhere.
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use crate::api::{
+    self, Envelope, ErrorClass, OAuthError, QueryData, QueryRequest, SubmitData, SubmitRequest,
+    TokenAnswer,
+};
+use crate::store::{Store, now_ms};
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How the client authenticates.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// API key and secret key: the client fetches (and caches) an access token.
+    Keys {
+        /// API key (`EB_AK`).
+        ak: String,
+        /// Secret key (`EB_SK`).
+        sk: Secret,
+    },
+    /// A preset access token (`EB_ACCESS_TOKEN`).
+    Token(Secret),
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URL, e.g. `https://aip.baidubce.com`.
+    pub base_url: String,
+    /// Timeout of each API request.
+    pub request_timeout: Duration,
+    /// Timeout of each image download.
+    pub download_timeout: Duration,
+    /// Largest image accepted, in bytes.
+    pub max_image_bytes: u64,
+}
+
+impl ClientConfig {
+    /// Defaults for `base_url`.
+    pub fn new(base_url: impl Into<String>) -> ClientConfig {
+        ClientConfig {
+            base_url: base_url.into().trim_end_matches('/').to_string(),
+            request_timeout: Duration::from_secs(30),
+            download_timeout: Duration::from_secs(120),
+            max_image_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Errors of the client layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error code (HTTP 200).
+    #[error("API error {code}: {msg}")]
+    Api {
+        /// The error code.
+        code: i64,
+        /// The error message.
+        msg: String,
+        /// Censorship details, when given.
+        detail: Option<String>,
+    },
+    /// The token endpoint refused the keys.
+    #[error("the token endpoint refused the credentials: {error}: {description}")]
+    Auth {
+        /// For example `invalid_client`.
+        error: String,
+        /// For example `unknown client id`.
+        description: String,
+    },
+    /// An HTTP status other than success.
+    #[error("HTTP {status} from {what}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// Which request.
+        what: &'static str,
+    },
+    /// The request failed on the way (connect, timeout, dropped connection, cut-off body).
+    #[error("{what} failed: {source}")]
+    Transport {
+        /// Which request.
+        what: &'static str,
+        /// The transport error, stripped of its URL.
+        source: reqwest::Error,
+    },
+    /// The answer does not follow the API's schema.
+    #[error("malformed answer from {what}: {detail}")]
+    Malformed {
+        /// Which request.
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The image URL has expired (HTTP 403/410).
+    #[error("the image URL has expired (HTTP {status})")]
+    Expired {
+        /// The status code.
+        status: u16,
+    },
+    /// The image is larger than allowed.
+    #[error("the image is larger than {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// The image URL is not http(s).
+    #[error("refusing to download from a non-http(s) URL")]
+    BadUrl,
+    /// Writing the download failed (disk full, no permission).
+    #[error("cannot write the download: {0}")]
+    Disk(#[source] std::io::Error),
+    /// The token cache could not be read or written.
+    #[error("token cache: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl ClientError {
+    /// What the caller should do, by the API's error table.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ClientError::Api { code, .. } => ErrorClass::of(*code),
+            ClientError::Auth { .. } | ClientError::BadUrl => ErrorClass::Fatal,
+            ClientError::Status { status: 429, .. } => ErrorClass::Rate,
+            ClientError::Status { status, .. } if *status >= 500 => ErrorClass::Transient,
+            ClientError::Status { .. } => ErrorClass::Transient,
+            ClientError::Transport { .. } | ClientError::Malformed { .. } => ErrorClass::Transient,
+            ClientError::Expired { .. } => ErrorClass::Transient,
+            ClientError::TooLarge { .. } => ErrorClass::Permanent,
+            ClientError::Disk(_) | ClientError::Store(_) => ErrorClass::Fatal,
+        }
+    }
+
+    /// The API error code, if the API gave one.
+    pub fn code(&self) -> Option<i64> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether a submit that failed this way may still have created its task: no well-formed
+    /// answer came back, so the API may have processed the request.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Transport { .. }
+                | ClientError::Malformed { .. }
+                | ClientError::Status { .. }
+        )
+    }
+
+    /// Whether the image URL is dead and a fresh one must be queried.
+    pub fn is_expired(&self) -> bool {
+        matches!(self, ClientError::Expired { .. })
+    }
+
+    /// Whether the local disk failed (not the network).
+    pub fn is_disk(&self) -> bool {
+        matches!(self, ClientError::Disk(_))
+    }
+}
+
+/// A finished download.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    /// Bytes written.
+    pub bytes: u64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+#[derive(Clone)]
+struct CachedToken {
+    token: Secret,
+    expires_at: i64,
+}
+
+/// The API client. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    config: ClientConfig,
+    credentials: Credentials,
+    store: Option<Store>,
+    token: Mutex<Option<CachedToken>>,
+}
+
+impl fmt::Debug for CachedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedToken")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// A token is refreshed this long before it expires.
+const TOKEN_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+impl Client {
+    /// A client for `config`, caching fetched tokens in `store` when given.
+    pub fn new(
+        config: ClientConfig,
+        credentials: Credentials,
+        store: Option<Store>,
+    ) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Transport {
+                what: "client set-up",
+                source: e.without_url(),
+            })?;
+        let token = match &credentials {
+            Credentials::Token(t) => Some(CachedToken {
+                token: t.clone(),
+                expires_at: i64::MAX,
+            }),
+            Credentials::Keys { .. } => None,
+        };
+        Ok(Client {
+            http,
+            config,
+            credentials,
+            store,
+            token: Mutex::new(token),
+        })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.config.base_url
+    }
+
+    /// A fingerprint of the API key (the cache row is tied to it without storing the key).
+    fn client_fingerprint(&self) -> String {
+        match &self.credentials {
+            Credentials::Keys { ak, .. } => hex::encode(&Sha256::digest(ak.as_bytes())[..8]),
+            Credentials::Token(_) => String::new(),
+        }
+    }
+
+    /// The access token: from memory, the store's cache, or the token endpoint.
+    async fn access_token(&self) -> Result<Secret, ClientError> {
+        let mut guard = self.token.lock().await;
+        let now = now_ms();
+        if let Some(t) = guard
+            .as_ref()
+            .filter(|t| t.expires_at > now + TOKEN_MARGIN_MS)
+        {
+            return Ok(t.token.clone());
+        }
+        let Credentials::Keys { ak, sk } = &self.credentials else {
+            // A preset token never expires in our books; the API decides.
+            return guard
+                .as_ref()
+                .map(|t| t.token.clone())
+                .ok_or(ClientError::Auth {
+                    error: "no_token".into(),
+                    description: "no access token".into(),
+                });
+        };
+        let fingerprint = self.client_fingerprint();
+        if let Some(store) = &self.store
+            && let Some((token, expires_at)) = store
+                .cached_token(&self.config.base_url, &fingerprint, now + TOKEN_MARGIN_MS)
+                .await?
+        {
+            let t = CachedToken {
+                token: Secret::new(token),
+                expires_at,
+            };
+            *guard = Some(t.clone());
+            return Ok(t.token);
+        }
+        let t = self.fetch_token(ak, sk).await?;
+        if let Some(store) = &self.store {
+            store
+                .save_token(
+                    &self.config.base_url,
+                    &fingerprint,
+                    t.token.expose(),
+                    t.expires_at,
+                )
+                .await?;
+        }
+        *guard = Some(t.clone());
+        Ok(t.token)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn fetch_token(&self, ak: &str, sk: &Secret) -> Result<CachedToken, ClientError> {
+        const WHAT: &str = "token request";
+        let url = format!("{}{}", self.config.base_url, api::TOKEN_PATH);
+        let resp = self
+            .http
+            .post(url)
+            .query(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", ak),
+                ("client_secret", sk.expose()),
+            ])
+            .timeout(self.config.request_timeout)
+            .send()
+            .await
+            .map_err(|e| transport(WHAT, e))?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| transport(WHAT, e))?;
+        if !status.is_success() {
+            if let Ok(err) = serde_json::from_slice::<OAuthError>(&body) {
+                return Err(ClientError::Auth {
+                    error: err.error,
+                    description: err.error_description,
+                });
+            }
+            return Err(ClientError::Status {
+                status: status.as_u16(),
+                what: WHAT,
+            });
+        }
+        let answer: TokenAnswer =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Malformed {
+                what: WHAT,
+                detail: e.to_string(),
+            })?;
+        tracing::debug!(expires_in = answer.expires_in, "fetched an access token");
+        Ok(CachedToken {
+            token: Secret::new(answer.access_token),
+            expires_at: now_ms().saturating_add((answer.expires_in as i64).saturating_mul(1000)),
+        })
+    }
+
+    /// Forgets `failed` (when it is still the current token) so the next call fetches a new one.
+    async fn invalidate(&self, failed: &Secret) -> Result<(), ClientError> {
+        if matches!(self.credentials, Credentials::Token(_)) {
+            return Ok(());
+        }
+        let mut guard = self.token.lock().await;
+        if guard.as_ref().is_some_and(|t| &t.token == failed) {
+            *guard = None;
+            if let Some(store) = &self.store {
+                store.clear_token().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Posts `body` to an API path, refreshing the token once on 100/110/111.
+    async fn call<B, T>(&self, path: &str, what: &'static str, body: &B) -> Result<T, ClientError>
+    where
+        B: serde::Serialize,
+        T: serde::de::DeserializeOwned,
+    {
+        let mut refreshed = false;
+        loop {
+            let token = self.access_token().await?;
+            match self.call_once(path, what, body, &token).await {
+                Err(e)
+                    if e.class() == ErrorClass::Token
+                        && !refreshed
+                        && matches!(self.credentials, Credentials::Keys { .. }) =>
+                {
+                    tracing::info!(code = e.code(), "access token refused; fetching a new one");
+                    self.invalidate(&token).await?;
+                    refreshed = true;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once<B, T>(
+        &self,
+        path: &str,
+        what: &'static str,
+        body: &B,
+        token: &Secret,
+    ) -> Result<T, ClientError>
+    where
+        B: serde::Serialize,
+        T: serde::de::DeserializeOwned,
+    {
+        let url = format!("{}{}", self.config.base_url, path);
+        let resp = self
+            .http
+            .post(url)
+            .query(&[("access_token", token.expose())])
+            .json(body)
+            .timeout(self.config.request_timeout)
+            .send()
+            .await
+            .map_err(|e| transport(what, e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| transport(what, e))?;
+        if !status.is_success() {
+            // Some gateways put an API error in a non-200 answer; prefer it when it parses.
+            if let Ok(Envelope::<serde_json::Value> {
+                error_code: Some(code),
+                error_msg,
+                ..
+            }) = serde_json::from_slice(&bytes)
+            {
+                return Err(ClientError::Api {
+                    code,
+                    msg: error_msg.unwrap_or_default(),
+                    detail: None,
+                });
+            }
+            return Err(ClientError::Status {
+                status: status.as_u16(),
+                what,
+            });
+        }
+        let envelope: Envelope<T> =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
+                what,
+                detail: e.to_string(),
+            })?;
+        if let Some(code) = envelope.error_code.filter(|c| *c != 0) {
+            return Err(ClientError::Api {
+                code,
+                msg: envelope.error_msg.unwrap_or_default(),
+                detail: envelope.error_detail.map(|d| d.to_string()),
+            });
+        }
+        envelope.data.ok_or_else(|| ClientError::Malformed {
+            what,
+            detail: "neither data nor error_code".into(),
+        })
+    }
+
+    /// Submits one task; returns its id.
+    #[tracing::instrument(skip_all, fields(width = req.width, height = req.height, image_num = req.image_num))]
+    pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitData, ClientError> {
+        let data: SubmitData = self.call(api::SUBMIT_PATH, "submit", req).await?;
+        if data.task_id.is_empty() || data.task_id == "0" {
+            return Err(ClientError::Malformed {
+                what: "submit",
+                detail: "empty task id".into(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Queries one task.
+    #[tracing::instrument(skip_all, fields(task_id = %task_id))]
+    pub async fn query(&self, task_id: &str) -> Result<QueryData, ClientError> {
+        self.call(
+            api::QUERY_PATH,
+            "query",
+            &QueryRequest {
+                task_id: task_id.to_string(),
+            },
+        )
+        .await
+    }
+
+    /// Streams an image into `dest` (created or truncated), hashing it on the way; bounded in
+    /// size and time, http(s) only. The caller verifies the bytes and renames the file.
+    #[tracing::instrument(skip_all)]
+    pub async fn download(&self, url: &str, dest: &Path) -> Result<Downloaded, ClientError> {
+        const WHAT: &str = "image download";
+        let parsed = reqwest::Url::parse(url).map_err(|_| ClientError::BadUrl)?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ClientError::BadUrl);
+        }
+        let resp = self
+            .http
+            .get(parsed)
+            .timeout(self.config.download_timeout)
+            .send()
+            .await
+            .map_err(|e| transport(WHAT, e))?;
+        let status = resp.status().as_u16();
+        if status == 403 || status == 410 {
+            return Err(ClientError::Expired { status });
+        }
+        if !resp.status().is_success() {
+            return Err(ClientError::Status { status, what: WHAT });
+        }
+        let limit = self.config.max_image_bytes;
+        let expected = resp.content_length();
+        if expected.is_some_and(|n| n > limit) {
+            return Err(ClientError::TooLarge { limit });
+        }
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(ClientError::Disk)?;
+        let mut hasher = Sha256::new();
+        let mut written: u64 = 0;
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| transport(WHAT, e))?;
+            written += chunk.len() as u64;
+            if written > limit {
+                return Err(ClientError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await.map_err(ClientError::Disk)?;
+        }
+        if let Some(n) = expected.filter(|n| *n != written) {
+            return Err(ClientError::Malformed {
+                what: WHAT,
+                detail: format!("expected {n} bytes, got {written}"),
+            });
+        }
+        file.flush().await.map_err(ClientError::Disk)?;
+        file.sync_all().await.map_err(ClientError::Disk)?;
+        Ok(Downloaded {
+            bytes: written,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+}
+
+/// A transport error without its URL (which carries the access token).
+fn transport(what: &'static str, e: reqwest::Error) -> ClientError {
+    ClientError::Transport {
+        what,
+        source: e.without_url(),
+    }
+}
+
+/// When a signed image URL stops working, read from its signature when it carries one
+/// (`expires=UNIX`, or BCE's `authorization=bce-auth-v1/AK/TIMESTAMP/SECONDS/...`), else
+/// `fallback_ms` from `now_ms`.
+pub fn url_expiry(url: &str, now_ms: i64, fallback_ms: i64) -> i64 {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return now_ms + fallback_ms;
+    };
+    for (k, v) in parsed.query_pairs() {
+        if (k == "expires" || k == "Expires")
+            && let Ok(secs) = v.parse::<i64>()
+        {
+            return secs * 1000;
+        }
+        if k == "authorization" {
+            let parts: Vec<&str> = v.split('/').collect();
+            if parts.len() >= 4
+                && parts[0] == "bce-auth-v1"
+                && let (Ok(ts), Ok(secs)) = (
+                    chrono::DateTime::parse_from_rfc3339(parts[2]),
+                    parts[3].parse::<i64>(),
+                )
+            {
+                return ts.timestamp_millis() + secs * 1000;
+            }
+        }
+    }
+    now_ms + fallback_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("24.abcdef");
+        assert_eq!(format!("{s}"), "***");
+        assert!(!format!("{s:?}").contains("abcdef"));
+        let c = Credentials::Keys {
+            ak: "ak".into(),
+            sk: Secret::new("topsecret"),
+        };
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn url_expiry_reads_signatures() {
+        assert_eq!(
+            url_expiry("http://h/x.png?expires=1700000000&sign=ab", 0, 5),
+            1_700_000_000_000
+        );
+        let bce = "http://b.bcebos.com/x.png?authorization=bce-auth-v1%2Fak%2F2023-01-01T00%3A00%3A00Z%2F1800%2Fhost%2Fsig";
+        assert_eq!(
+            url_expiry(bce, 0, 5),
+            chrono::DateTime::parse_from_rfc3339("2023-01-01T00:30:00Z")
+                .unwrap()
+                .timestamp_millis()
+        );
+        assert_eq!(url_expiry("http://h/x.png", 1000, 5), 1005);
+        assert_eq!(url_expiry("not a url", 1000, 5), 1005);
+    }
+
+    #[test]
+    fn ambiguity_and_classes() {
+        let e = ClientError::Api {
+            code: 17,
+            msg: "quota".into(),
+            detail: None,
+        };
+        assert_eq!(e.class(), ErrorClass::Quota);
+        assert!(!e.is_ambiguous());
+        let m = ClientError::Malformed {
+            what: "submit",
+            detail: "eof".into(),
+        };
+        assert!(m.is_ambiguous());
+        assert_eq!(m.class(), ErrorClass::Transient);
+        assert!(ClientError::Expired { status: 403 }.is_expired());
+    }
+}

@@ -1,0 +1,1494 @@
+//! The scheduler: the submit, poll and fetch loops.
+//!
+//! - Submit: pending items in batch and file order, each waiting for its image slots (a task of
+//!   `image_num` n holds n) and the submit limiter. `submitting` is committed before the POST.
+//!   13/18 cool the loop down, 15 shrinks the slots until a task finishes, 17 parks submits until
+//!   the quota resets (midnight Asia/Shanghai) while polling and archiving go on.
+//! - Poll: one query at a time under the query limiter, always for the task whose due time is
+//!   earliest. Due times come from the task's progress (extrapolated to 1.0) and, before any
+//!   progress is seen, from the generation times observed so far, so the budget goes where a
+//!   finished task is most likely.
+//! - Fetch: a few download workers, soonest-expiring URL first. An expired URL sends its task back
+//!   to the poller for fresh URLs.
+//!
+//! Every loop selects on the halt token (first Ctrl-C): in-flight work completes and is recorded,
+//! nothing new starts.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ErrorClass, QueryData, SUB_ERR_CENSORED, SubmitRequest, TaskStatus};
+use crate::archive::{self, Archive, ArchiveError};
+use crate::client::{self, Client, ClientError};
+use crate::store::{FetchImage, ListedImage, PendingItem, Store, StoreError, now_ms};
+
+/// Account limits the scheduler keeps to.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Submits per second.
+    pub submit_qps: f64,
+    /// Queries per second.
+    pub query_qps: f64,
+    /// Images in generation at once.
+    pub concurrency: u32,
+    /// Downloads at once.
+    pub downloads: usize,
+    /// Attempts per item for transient failures before it is marked failed.
+    pub max_attempts: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            submit_qps: 1.0,
+            query_qps: 2.0,
+            concurrency: 2,
+            downloads: 4,
+            max_attempts: 8,
+        }
+    }
+}
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Batches to work on; empty means every batch in the store.
+    pub batches: Vec<String>,
+    /// Limits.
+    pub limits: Limits,
+    /// Stop submitting at this time (`--max-runtime`), then drain what is running.
+    pub deadline: Option<Instant>,
+    /// Lifetime assumed for image URLs whose signature does not say.
+    pub assumed_url_ttl: Duration,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// Nothing left to do.
+    Finished,
+    /// `--max-runtime` reached; running work drained.
+    Deadline,
+    /// Interrupted (Ctrl-C / SIGTERM).
+    Interrupted,
+    /// Only quota-parked work is left.
+    QuotaParked,
+    /// A fatal error (account refused, disk failed).
+    Fatal,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Why it ended.
+    pub stop: StopReason,
+    /// The fatal error, when `stop` is `fatal`.
+    pub fatal: Option<String>,
+    /// Tasks submitted in this run.
+    pub submitted: u64,
+    /// Tasks that succeeded in this run.
+    pub succeeded: u64,
+    /// Items failed in this run.
+    pub failed: u64,
+    /// Images archived in this run.
+    pub archived: u64,
+    /// Images lost in this run.
+    pub lost: u64,
+    /// Item keys whose submit was ambiguous (recovered at start or unanswered in this run); they
+    /// are submitted again: at-least-once in that window.
+    pub ambiguous: Vec<String>,
+    /// API error answers seen in this run, by code.
+    pub errors: BTreeMap<i64, u64>,
+    /// Queries sent in this run.
+    pub queries: u64,
+    /// Items still pending (not yet submitted) at the end.
+    pub pending: i64,
+    /// Tasks still running or fetching at the end.
+    pub in_flight: i64,
+    /// Items failed in the store (all runs) for the batches of this run.
+    pub failed_total: i64,
+    /// Images lost in the store (all runs) for the batches of this run.
+    pub lost_total: i64,
+    /// Wall time of the run in seconds.
+    pub elapsed_secs: f64,
+}
+
+/// Errors that end a run abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The archive failed.
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+/// A submitted task being watched.
+#[derive(Debug, Clone)]
+struct Task {
+    key: String,
+    task_id: String,
+    image_num: u8,
+    /// When it was submitted (for tasks recovered from the store: when this run saw them).
+    started: Instant,
+    due: Instant,
+    /// Last progress reading and when it was taken (seconds since `started`).
+    progress: Option<(f64, f64)>,
+    /// The reading before it.
+    prev_progress: Option<(f64, f64)>,
+    last_poll: Option<Instant>,
+    errors: u32,
+    /// Only fresh URLs are needed (the task already succeeded); it holds no slots.
+    refresh: bool,
+}
+
+#[derive(Debug)]
+struct Queued {
+    expires: i64,
+    seq: u64,
+    image: FetchImage,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, o: &Self) -> bool {
+        (self.expires, self.seq) == (o.expires, o.seq)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.expires, self.seq).cmp(&(o.expires, o.seq))
+    }
+}
+
+/// Generation times seen so far, to place the first poll of a new task.
+#[derive(Debug, Default)]
+struct Durations {
+    recent: VecDeque<f64>,
+}
+
+impl Durations {
+    fn record(&mut self, secs: f64) {
+        if self.recent.len() == 64 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(secs.max(0.0));
+    }
+
+    fn quantile(&self, q: f64) -> Option<f64> {
+        if self.recent.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = self.recent.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        Some(v[((v.len() - 1) as f64 * q).round() as usize])
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    slots_held: u32,
+    slot_cap: u32,
+    running: HashMap<String, Task>,
+    requeued: Vec<PendingItem>,
+    fetch_ready: BinaryHeap<Reverse<Queued>>,
+    fetch_delayed: Vec<(Instant, FetchImage)>,
+    fetch_inflight: usize,
+    /// Images waiting for fresh URLs, by item key.
+    awaiting_urls: HashMap<String, Vec<FetchImage>>,
+    refreshes: HashMap<(String, u32), u32>,
+    submit_done: bool,
+    submit_inflight: bool,
+    submit_pause_until: Option<Instant>,
+    rate_strikes: u32,
+    quota_parked: bool,
+    durations: Durations,
+    seq: u64,
+    stop: Option<StopReason>,
+    fatal: Option<String>,
+    summary_errors: BTreeMap<i64, u64>,
+    submitted: u64,
+    succeeded: u64,
+    failed: u64,
+    archived: u64,
+    lost: u64,
+    queries: u64,
+    ambiguous: Vec<String>,
+}
+
+impl State {
+    fn idle(&self) -> bool {
+        self.submit_done
+            && !self.submit_inflight
+            && self.running.is_empty()
+            && self.fetch_ready.is_empty()
+            && self.fetch_delayed.is_empty()
+            && self.fetch_inflight == 0
+            && self.awaiting_urls.is_empty()
+    }
+
+    fn push_fetch(&mut self, image: FetchImage) {
+        self.seq += 1;
+        self.fetch_ready.push(Reverse(Queued {
+            expires: image.url_expires_at,
+            seq: self.seq,
+            image,
+        }));
+    }
+}
+
+struct Shared {
+    store: Store,
+    client: Arc<Client>,
+    archive: Archive,
+    opts: RunOptions,
+    state: Mutex<State>,
+    wake_submit: Notify,
+    wake_poll: Notify,
+    wake_fetch: Notify,
+    /// First Ctrl-C: finish what is in flight, start nothing new.
+    halt: CancellationToken,
+    /// No more submits (deadline, fatal error).
+    stop_submits: CancellationToken,
+    /// Every loop is done.
+    done: CancellationToken,
+    submit_limiter: DefaultDirectRateLimiter,
+    query_limiter: DefaultDirectRateLimiter,
+}
+
+/// A limiter for `qps` requests per second, one at a time. The period is stretched by 5% so
+/// that network jitter cannot put more than `qps` requests into any one-second window at the
+/// server.
+fn limiter(qps: f64) -> DefaultDirectRateLimiter {
+    let quota = if qps.is_finite() && qps > 0.0 {
+        let period = Duration::from_secs_f64(1.05 / qps).max(Duration::from_nanos(1));
+        Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+    } else {
+        Quota::per_second(NonZeroU32::MAX)
+    };
+    RateLimiter::direct(quota.allow_burst(NonZeroU32::MIN))
+}
+
+fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.min(16));
+    let d = exp.min(cap);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    d.mul_f64(jitter)
+}
+
+/// Unix ms of the next midnight in Asia/Shanghai (UTC+8, no daylight saving).
+pub fn next_quota_reset(now_ms: i64) -> i64 {
+    const DAY: i64 = 86_400_000;
+    const OFFSET: i64 = 8 * 3_600_000;
+    ((now_ms + OFFSET) / DAY + 1) * DAY - OFFSET
+}
+
+fn instant_at(unix_ms: i64) -> Instant {
+    let delta = unix_ms - now_ms();
+    if delta <= 0 {
+        Instant::now()
+    } else {
+        Instant::now() + Duration::from_millis(delta as u64)
+    }
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake_all(&self) {
+        self.wake_submit.notify_one();
+        self.wake_poll.notify_one();
+        self.wake_fetch.notify_waiters();
+    }
+
+    fn check_idle(&self) {
+        if self.state().idle() {
+            self.done.cancel();
+            self.wake_all();
+        }
+    }
+
+    fn fail_run(&self, reason: StopReason, message: String) {
+        tracing::error!(%message, "stopping the run");
+        {
+            let mut st = self.state();
+            st.stop.get_or_insert(reason);
+            st.fatal.get_or_insert(message);
+        }
+        self.stop_submits.cancel();
+        if reason == StopReason::Fatal {
+            self.halt.cancel();
+        }
+        self.wake_all();
+    }
+
+    fn note_error(&self, e: &ClientError) {
+        if let Some(code) = e.code() {
+            *self.state().summary_errors.entry(code).or_default() += 1;
+        }
+    }
+}
+
+/// Runs the batches until done, stopped, or out of quota.
+pub async fn run(
+    store: Store,
+    client: Arc<Client>,
+    archive: Archive,
+    opts: RunOptions,
+    halt: CancellationToken,
+) -> Result<RunSummary, SchedulerError> {
+    let started = Instant::now();
+    let recovery = store.recover().await?;
+    if !recovery.ambiguous.is_empty() {
+        tracing::warn!(
+            items = recovery.ambiguous.len(),
+            "submits interrupted by an earlier crash are ambiguous; submitting them again (at-least-once)"
+        );
+    }
+    let batches = if opts.batches.is_empty() {
+        store.batches().await?
+    } else {
+        opts.batches.clone()
+    };
+    for b in &batches {
+        let cleared = archive.clear_temp(b)?;
+        if cleared > 0 {
+            tracing::info!(batch = %b, files = cleared, "removed unfinished downloads");
+        }
+        archive.sync_batch(b, &store.image_records(b).await?)?;
+    }
+
+    let mut state = State {
+        slot_cap: opts.limits.concurrency.max(1),
+        ambiguous: recovery.ambiguous,
+        ..State::default()
+    };
+    let now = Instant::now();
+    for t in store.running_tasks(&opts.batches).await? {
+        if !t.fetching {
+            state.slots_held += u32::from(t.image_num);
+        }
+        state.running.insert(
+            t.key.clone(),
+            Task {
+                key: t.key,
+                task_id: t.task_id,
+                image_num: t.image_num,
+                started: now - Duration::from_millis((now_ms() - t.submitted_at).clamp(0, 86_400_000) as u64),
+                due: now,
+                progress: None,
+                prev_progress: None,
+                last_poll: None,
+                errors: 0,
+                refresh: t.fetching,
+            },
+        );
+    }
+    // Fetching items only need their listed images; they are polled only when a URL has died.
+    let fetching: Vec<String> = state
+        .running
+        .values()
+        .filter(|t| t.refresh)
+        .map(|t| t.key.clone())
+        .collect();
+    for key in fetching {
+        state.running.remove(&key);
+    }
+    for img in store.images_to_fetch(&opts.batches).await? {
+        state.push_fetch(img);
+    }
+
+    let shared = Arc::new(Shared {
+        submit_limiter: limiter(opts.limits.submit_qps),
+        query_limiter: limiter(opts.limits.query_qps),
+        store,
+        client,
+        archive,
+        state: Mutex::new(state),
+        wake_submit: Notify::new(),
+        wake_poll: Notify::new(),
+        wake_fetch: Notify::new(),
+        stop_submits: halt.child_token(),
+        halt,
+        done: CancellationToken::new(),
+        opts,
+    });
+
+    let mut set = JoinSet::new();
+    if let Some(deadline) = shared.opts.deadline {
+        let s = shared.clone();
+        set.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!("time box reached: no more submits; draining running tasks");
+                    s.state().stop.get_or_insert(StopReason::Deadline);
+                    s.stop_submits.cancel();
+                    s.wake_all();
+                }
+                _ = s.done.cancelled() => {}
+            }
+            Ok(())
+        });
+    }
+    {
+        let s = shared.clone();
+        set.spawn(async move { submit_loop(s).await });
+    }
+    {
+        let s = shared.clone();
+        set.spawn(async move { poll_loop(s).await });
+    }
+    for _ in 0..shared.opts.limits.downloads.max(1) {
+        let s = shared.clone();
+        set.spawn(async move { fetch_loop(s).await });
+    }
+    {
+        let s = shared.clone();
+        set.spawn(async move {
+            tokio::select! {
+                _ = s.halt.cancelled() => {
+                    s.state().stop.get_or_insert(StopReason::Interrupted);
+                    // Loops finish what is in flight and leave; the timers need not wait.
+                    s.done.cancel();
+                    s.wake_all();
+                }
+                _ = s.done.cancelled() => {}
+            }
+            Ok(())
+        });
+    }
+
+    let mut first_err: Option<SchedulerError> = None;
+    while let Some(res) = set.join_next().await {
+        match res {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                shared.fail_run(StopReason::Fatal, e.to_string());
+                first_err.get_or_insert(e);
+            }
+            Err(join) => {
+                shared.fail_run(StopReason::Fatal, format!("a loop panicked: {join}"));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+
+    let batches_now = shared.opts.batches.clone();
+    for b in &batches {
+        shared
+            .archive
+            .sync_batch(b, &shared.store.image_records(b).await?)?;
+    }
+    let pending = shared
+        .store
+        .count_items(&batches_now, crate::store::ItemState::Pending)
+        .await?;
+    let running = shared
+        .store
+        .count_items(&batches_now, crate::store::ItemState::Running)
+        .await?
+        + shared
+            .store
+            .count_items(&batches_now, crate::store::ItemState::Fetching)
+            .await?;
+    let failed_total = shared
+        .store
+        .count_items(&batches_now, crate::store::ItemState::Failed)
+        .await?;
+    let lost_total = shared
+        .store
+        .status()
+        .await?
+        .iter()
+        .filter(|s| batches_now.is_empty() || batches_now.contains(&s.batch))
+        .map(|s| s.images.get("lost").copied().unwrap_or(0))
+        .sum();
+    let st = shared.state();
+    let stop = match st.stop {
+        Some(s) => s,
+        None if st.quota_parked && pending > 0 => StopReason::QuotaParked,
+        None => StopReason::Finished,
+    };
+    Ok(RunSummary {
+        stop,
+        fatal: st.fatal.clone(),
+        submitted: st.submitted,
+        succeeded: st.succeeded,
+        failed: st.failed,
+        archived: st.archived,
+        lost: st.lost,
+        ambiguous: st.ambiguous.clone(),
+        errors: st.summary_errors.clone(),
+        queries: st.queries,
+        pending,
+        in_flight: running,
+        failed_total,
+        lost_total,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Submit
+
+struct Feed {
+    cursor: Option<(String, i64)>,
+    page: VecDeque<PendingItem>,
+    deferred: BinaryHeap<Reverse<(i64, u64, String)>>,
+    deferred_items: HashMap<String, PendingItem>,
+    exhausted: bool,
+    seq: u64,
+}
+
+impl Feed {
+    fn defer(&mut self, item: PendingItem) {
+        self.seq += 1;
+        let at = item.retry_at.unwrap_or(0);
+        self.deferred
+            .push(Reverse((at, self.seq, item.key.clone())));
+        self.deferred_items.insert(item.key.clone(), item);
+    }
+
+    /// The next item ready now, or the time the earliest deferred one becomes ready.
+    async fn next(
+        &mut self,
+        store: &Store,
+        batches: &[String],
+    ) -> Result<Result<PendingItem, Option<i64>>, StoreError> {
+        let now = now_ms();
+        if let Some(Reverse((at, _, _))) = self.deferred.peek()
+            && *at <= now
+            && let Some(Reverse((_, _, key))) = self.deferred.pop()
+            && let Some(item) = self.deferred_items.remove(&key)
+        {
+            return Ok(Ok(item));
+        }
+        loop {
+            if let Some(item) = self.page.pop_front() {
+                if item.retry_at.is_some_and(|t| t > now) {
+                    self.defer(item);
+                    continue;
+                }
+                return Ok(Ok(item));
+            }
+            if self.exhausted {
+                break;
+            }
+            let after = self.cursor.as_ref().map(|(b, s)| (b.as_str(), *s));
+            let page = store.pending_items(batches, after, 256).await?;
+            if let Some(last) = page.last() {
+                self.cursor = Some((last.batch.clone(), last.seq));
+            }
+            if page.len() < 256 {
+                self.exhausted = true;
+            }
+            self.page.extend(page);
+        }
+        Ok(Err(self.deferred.peek().map(|Reverse((at, _, _))| *at)))
+    }
+}
+
+async fn submit_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
+    let mut feed = Feed {
+        cursor: None,
+        page: VecDeque::new(),
+        deferred: BinaryHeap::new(),
+        deferred_items: HashMap::new(),
+        exhausted: false,
+        seq: 0,
+    };
+    let result = submit_loop_inner(&s, &mut feed).await;
+    {
+        let mut st = s.state();
+        st.submit_done = true;
+        st.submit_inflight = false;
+    }
+    s.check_idle();
+    s.wake_all();
+    result
+}
+
+async fn submit_loop_inner(s: &Arc<Shared>, feed: &mut Feed) -> Result<(), SchedulerError> {
+    loop {
+        if s.stop_submits.is_cancelled() {
+            return Ok(());
+        }
+        // Items the poller sent back (server timeout, model failure).
+        let requeued: Vec<PendingItem> = std::mem::take(&mut s.state().requeued);
+        for item in requeued {
+            feed.defer(item);
+        }
+        let next = feed.next(&s.store, &s.opts.batches).await?;
+        let item = match next {
+            Ok(item) => item,
+            Err(earliest) => {
+                let nothing_running = s.state().running.values().all(|t| t.refresh);
+                if earliest.is_none() && nothing_running && s.state().requeued.is_empty() {
+                    return Ok(());
+                }
+                let wait = earliest
+                    .map(instant_at)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wait) => {}
+                    _ = s.wake_submit.notified() => {}
+                    _ = s.stop_submits.cancelled() => return Ok(()),
+                }
+                continue;
+            }
+        };
+
+        // Quota parking, rate cool-down and image slots.
+        let Some(()) = wait_to_submit(s, &item).await else {
+            feed.defer(item);
+            return Ok(());
+        };
+        tokio::select! {
+            _ = s.submit_limiter.until_ready() => {}
+            _ = s.stop_submits.cancelled() => {
+                release_slots(s, item.image_num, false);
+                return Ok(());
+            }
+        }
+        s.state().submit_inflight = true;
+        s.store.mark_submitting(&item.key).await?;
+        let req = SubmitRequest {
+            prompt: item.prompt.clone(),
+            width: item.size.width,
+            height: item.size.height,
+            version: Some(item.version.as_str().to_string()),
+            image_num: Some(u32::from(item.image_num)),
+            task_time_out: None,
+            text_check: None,
+        };
+        let answer = s.client.submit(&req).await;
+        let outcome = handle_submit_answer(s, &item, answer).await;
+        s.state().submit_inflight = false;
+        if let Some(retry) = outcome? {
+            feed.defer(retry);
+        }
+        s.check_idle();
+    }
+}
+
+/// Waits until the item may be submitted: not quota-parked, not cooling down, enough slots.
+/// Holds the slots on return. `None` when submits were stopped meanwhile.
+async fn wait_to_submit(s: &Arc<Shared>, item: &PendingItem) -> Option<()> {
+    let need = u32::from(item.image_num);
+    loop {
+        let (pause, fits, parked) = {
+            let mut st = s.state();
+            let fits = st.slots_held + need <= st.slot_cap || st.slots_held == 0;
+            let pause = st.submit_pause_until.filter(|t| *t > Instant::now());
+            if pause.is_none() && fits && !st.quota_parked {
+                st.slots_held += need;
+                return Some(());
+            }
+            (pause, fits, st.quota_parked)
+        };
+        if parked {
+            // Nothing else to do: stop with the work parked.
+            let idle_otherwise = {
+                let st = s.state();
+                st.running.is_empty()
+                    && st.fetch_ready.is_empty()
+                    && st.fetch_delayed.is_empty()
+                    && st.fetch_inflight == 0
+                    && st.awaiting_urls.is_empty()
+            };
+            if idle_otherwise {
+                tracing::warn!(
+                    "daily quota used up and nothing else to do: stopping (exit 4); run again after the reset"
+                );
+                s.state().stop.get_or_insert(StopReason::QuotaParked);
+                return None;
+            }
+        }
+        let until = match (pause, parked) {
+            (_, true) => instant_at(next_quota_reset(now_ms())),
+            (Some(t), _) => t,
+            (None, _) => Instant::now() + Duration::from_secs(3600),
+        };
+        let _ = fits;
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {
+                if parked {
+                    s.state().quota_parked = false;
+                }
+            }
+            _ = s.wake_submit.notified() => {}
+            _ = s.stop_submits.cancelled() => return None,
+        }
+    }
+}
+
+fn release_slots(s: &Arc<Shared>, n: u8, task_finished: bool) {
+    let mut st = s.state();
+    st.slots_held = st.slots_held.saturating_sub(u32::from(n));
+    if task_finished {
+        st.slot_cap = s.opts.limits.concurrency.max(1);
+    }
+    drop(st);
+    s.wake_submit.notify_one();
+}
+
+/// Records the answer of a submit; returns the item when it should be tried again later.
+async fn handle_submit_answer(
+    s: &Arc<Shared>,
+    item: &PendingItem,
+    answer: Result<crate::api::SubmitData, ClientError>,
+) -> Result<Option<PendingItem>, SchedulerError> {
+    let attempts = item.attempts + 1;
+    let err = match answer {
+        Ok(data) => {
+            s.store.mark_running(&item.key, &data.task_id).await?;
+            let now = Instant::now();
+            let first = first_poll_delay(&s.state().durations);
+            let mut st = s.state();
+            st.submitted += 1;
+            st.rate_strikes = 0;
+            st.running.insert(
+                item.key.clone(),
+                Task {
+                    key: item.key.clone(),
+                    task_id: data.task_id,
+                    image_num: item.image_num,
+                    started: now,
+                    due: now + first,
+                    progress: None,
+                    prev_progress: None,
+                    last_poll: None,
+                    errors: 0,
+                    refresh: false,
+                },
+            );
+            drop(st);
+            s.wake_poll.notify_one();
+            return Ok(None);
+        }
+        Err(e) => e,
+    };
+    s.note_error(&err);
+    release_slots(s, item.image_num, false);
+    let msg = err.to_string();
+    let mut retry = item.clone();
+    retry.attempts = attempts;
+    if err.is_ambiguous() {
+        let at = now_ms()
+            + backoff(
+                attempts.min(10) as u32,
+                Duration::from_millis(500),
+                Duration::from_secs(60),
+            )
+            .as_millis() as i64;
+        tracing::warn!(key = %item.key, error = %msg, "submit got no answer: ambiguous, will submit again");
+        s.store.mark_submit_ambiguous(&item.key, &msg, at).await?;
+        s.state().ambiguous.push(item.key.clone());
+        if attempts >= s.opts.limits.max_attempts {
+            s.store.mark_submitting(&item.key).await?;
+            s.store
+                .mark_failed(&item.key, ErrorClass::Transient, None, &msg)
+                .await?;
+            s.state().failed += 1;
+            return Ok(None);
+        }
+        retry.retry_at = Some(at);
+        return Ok(Some(retry));
+    }
+    let code = err.code();
+    match err.class() {
+        ErrorClass::Rate => {
+            let strikes = {
+                let mut st = s.state();
+                st.rate_strikes += 1;
+                st.rate_strikes
+            };
+            let pause = backoff(
+                strikes.min(6),
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+            );
+            s.state().submit_pause_until = Some(Instant::now() + pause);
+            s.store
+                .mark_submit_refused(&item.key, code, &msg, None, false)
+                .await?;
+            retry.attempts = item.attempts;
+            retry.retry_at = None;
+            Ok(Some(retry))
+        }
+        ErrorClass::Concurrency => {
+            {
+                let mut st = s.state();
+                // Someone else's tasks hold slots of this account: fewer slots until one finishes.
+                st.slot_cap = st.slots_held.max(1);
+                if st.slots_held == 0 {
+                    st.submit_pause_until = Some(
+                        Instant::now()
+                            + backoff(1, Duration::from_secs(1), Duration::from_secs(10)),
+                    );
+                }
+            }
+            s.store
+                .mark_submit_refused(&item.key, code, &msg, None, false)
+                .await?;
+            retry.attempts = item.attempts;
+            retry.retry_at = None;
+            Ok(Some(retry))
+        }
+        ErrorClass::Quota => {
+            let reset = next_quota_reset(now_ms());
+            tracing::warn!(
+                resets_at = reset,
+                "daily quota used up (17): parking submits until the reset; polling and archiving go on"
+            );
+            s.state().quota_parked = true;
+            s.store
+                .mark_submit_refused(&item.key, code, &msg, None, false)
+                .await?;
+            s.store
+                .record_event(Some(&item.batch), None, "quota_parked", code, None)
+                .await?;
+            retry.attempts = item.attempts;
+            retry.retry_at = None;
+            Ok(Some(retry))
+        }
+        ErrorClass::Transient | ErrorClass::Token | ErrorClass::Timeout => {
+            if attempts >= s.opts.limits.max_attempts {
+                s.store
+                    .mark_failed(&item.key, err.class(), code, &msg)
+                    .await?;
+                s.state().failed += 1;
+                return Ok(None);
+            }
+            let at = now_ms()
+                + backoff(
+                    attempts as u32,
+                    Duration::from_millis(500),
+                    Duration::from_secs(60),
+                )
+                .as_millis() as i64;
+            s.store
+                .mark_submit_refused(&item.key, code, &msg, Some(at), true)
+                .await?;
+            retry.retry_at = Some(at);
+            Ok(Some(retry))
+        }
+        ErrorClass::Permanent => {
+            tracing::warn!(key = %item.key, error = %msg, "submit refused for good");
+            s.store
+                .mark_failed(&item.key, ErrorClass::Permanent, code, &msg)
+                .await?;
+            s.state().failed += 1;
+            Ok(None)
+        }
+        ErrorClass::Fatal => {
+            s.store
+                .mark_submit_refused(&item.key, code, &msg, None, false)
+                .await?;
+            s.fail_run(
+                StopReason::Fatal,
+                format!("the API refused this account: {msg}"),
+            );
+            Ok(None)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Poll
+
+/// Delay before the first poll of a new task: half the typical generation time seen so far, to
+/// read its progress early enough to aim the next poll at its end.
+fn first_poll_delay(d: &Durations) -> Duration {
+    let secs = d.quantile(0.5).map(|m| m * 0.5).unwrap_or(1.0);
+    Duration::from_secs_f64(secs.clamp(0.05, 30.0))
+}
+
+/// When to poll a task next, after a poll that found it unfinished.
+fn next_due(
+    task: &Task,
+    now: Instant,
+    durations: &Durations,
+    running: usize,
+    query_qps: f64,
+) -> Instant {
+    // The task's fair share of the query budget, but never slower than every 10 s.
+    let share = if query_qps.is_finite() && query_qps > 0.0 {
+        (running.max(1) as f64 / query_qps).min(10.0)
+    } else {
+        0.0
+    };
+    let gap = share.max(0.02);
+    let elapsed = now.duration_since(task.started).as_secs_f64();
+    let predicted_total = match (task.prev_progress, task.progress) {
+        (Some((p0, t0)), Some((p1, t1))) if p1 > p0 + 1e-6 && t1 > t0 => {
+            Some(t1 + (1.0 - p1) * (t1 - t0) / (p1 - p0))
+        }
+        (_, Some((p1, t1))) if p1 > 0.01 && p1 < 1.0 => Some(t1 / p1),
+        _ => durations.quantile(0.5),
+    };
+    let remaining = predicted_total.map(|t| t - elapsed).unwrap_or(gap);
+    let wait = if remaining > gap { remaining } else { gap };
+    now + Duration::from_secs_f64(wait.min(30.0))
+}
+
+async fn poll_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
+    loop {
+        if s.halt.is_cancelled() || s.done.is_cancelled() {
+            return Ok(());
+        }
+        let pick = {
+            let st = s.state();
+            st.running
+                .values()
+                .min_by_key(|t| t.due)
+                .map(|t| (t.key.clone(), t.due))
+        };
+        let Some((key, due)) = pick else {
+            tokio::select! {
+                _ = s.wake_poll.notified() => {}
+                _ = s.done.cancelled() => return Ok(()),
+                _ = s.halt.cancelled() => return Ok(()),
+            }
+            continue;
+        };
+        if due > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = s.wake_poll.notified() => {}
+                _ = s.done.cancelled() => return Ok(()),
+                _ = s.halt.cancelled() => return Ok(()),
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = s.query_limiter.until_ready() => {}
+            _ = s.halt.cancelled() => return Ok(()),
+        }
+        let Some(task) = s.state().running.get(&key).cloned() else {
+            continue;
+        };
+        let answer = s.client.query(&task.task_id).await;
+        s.state().queries += 1;
+        handle_query_answer(&s, task, answer).await?;
+        s.check_idle();
+    }
+}
+
+fn flatten_images(data: &QueryData, assumed_ttl: Duration) -> Vec<ListedImage> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for sub in &data.sub_task_result_list {
+        for img in &sub.final_image_list {
+            out.push(ListedImage {
+                idx: out.len() as u32,
+                url: img.img_url.clone(),
+                url_expires_at: client::url_expiry(
+                    &img.img_url,
+                    now,
+                    assumed_ttl.as_millis() as i64,
+                ),
+                width: img.width,
+                height: img.height,
+                verdict: img.img_approve_conclusion,
+            });
+        }
+    }
+    out
+}
+
+async fn handle_query_answer(
+    s: &Arc<Shared>,
+    mut task: Task,
+    answer: Result<QueryData, ClientError>,
+) -> Result<(), SchedulerError> {
+    let now = Instant::now();
+    let data = match answer {
+        Ok(d) => d,
+        Err(e) => {
+            s.note_error(&e);
+            return handle_query_error(s, task, e).await;
+        }
+    };
+    match data.task_status {
+        TaskStatus::Success => {
+            let images = flatten_images(&data, s.opts.assumed_url_ttl);
+            if task.refresh {
+                let fresh = s.store.refresh_urls(&task.key, &images).await?;
+                let mut st = s.state();
+                st.running.remove(&task.key);
+                st.awaiting_urls.remove(&task.key);
+                for img in fresh {
+                    st.push_fetch(img);
+                }
+                drop(st);
+                s.wake_fetch.notify_waiters();
+                return Ok(());
+            }
+            // Estimated finish: between the previous poll and this one.
+            let finished_at = task.last_poll.map_or(now, |p| p + (now - p) / 2);
+            let total = finished_at.duration_since(task.started).as_secs_f64();
+            let fetch = s.store.mark_succeeded(&task.key, &images).await?;
+            {
+                let mut st = s.state();
+                st.durations.record(total);
+                st.running.remove(&task.key);
+                st.succeeded += 1;
+                for img in fetch {
+                    st.push_fetch(img);
+                }
+            }
+            release_slots(s, task.image_num, true);
+            s.wake_fetch.notify_waiters();
+        }
+        TaskStatus::Failed => {
+            let code = data
+                .sub_task_result_list
+                .iter()
+                .map(|t| t.sub_task_error_code)
+                .find(|c| *c != 0);
+            if task.refresh {
+                // A task that succeeded cannot fail later; treat as a dead URL source.
+                lose_awaiting(s, &task.key, "the task no longer answers with images").await?;
+                return Ok(());
+            }
+            s.state().running.remove(&task.key);
+            release_slots(s, task.image_num, true);
+            if code == Some(SUB_ERR_CENSORED) {
+                s.store
+                    .mark_failed(
+                        &task.key,
+                        ErrorClass::Permanent,
+                        code,
+                        "prompt blocked by censorship (501)",
+                    )
+                    .await?;
+                s.state().failed += 1;
+            } else {
+                requeue_task(s, &task, code, "the model failed to generate (201)").await?;
+            }
+        }
+        TaskStatus::Init | TaskStatus::Wait | TaskStatus::Running => {
+            let t = now.duration_since(task.started).as_secs_f64();
+            let p = data.task_progress.clamp(0.0, 1.0);
+            if p > 0.0 && task.progress.is_none_or(|(old, _)| p > old) {
+                task.prev_progress = task.progress;
+                task.progress = Some((p, t));
+            }
+            task.last_poll = Some(now);
+            task.errors = 0;
+            let mut st = s.state();
+            let running = st.running.len();
+            task.due = if task.refresh {
+                now + Duration::from_secs(1)
+            } else {
+                next_due(&task, now, &st.durations, running, s.opts.limits.query_qps)
+            };
+            st.running.insert(task.key.clone(), task);
+        }
+    }
+    Ok(())
+}
+
+async fn handle_query_error(
+    s: &Arc<Shared>,
+    mut task: Task,
+    e: ClientError,
+) -> Result<(), SchedulerError> {
+    let now = Instant::now();
+    match e.class() {
+        ErrorClass::Timeout => {
+            s.state().running.remove(&task.key);
+            if task.refresh {
+                return lose_awaiting(s, &task.key, &e.to_string()).await;
+            }
+            release_slots(s, task.image_num, true);
+            requeue_task(s, &task, e.code(), &e.to_string()).await
+        }
+        ErrorClass::Permanent | ErrorClass::Fatal if e.code().is_some() => {
+            s.state().running.remove(&task.key);
+            if task.refresh {
+                return lose_awaiting(s, &task.key, &e.to_string()).await;
+            }
+            release_slots(s, task.image_num, true);
+            s.store
+                .mark_failed(&task.key, e.class(), e.code(), &e.to_string())
+                .await?;
+            s.state().failed += 1;
+            Ok(())
+        }
+        ErrorClass::Fatal => {
+            s.fail_run(StopReason::Fatal, e.to_string());
+            Ok(())
+        }
+        _ => {
+            task.errors += 1;
+            let wait = backoff(
+                task.errors.min(6),
+                Duration::from_millis(250),
+                Duration::from_secs(30),
+            );
+            task.due = now + wait;
+            tracing::debug!(key = %task.key, error = %e, "query failed; polling again later");
+            s.state().running.insert(task.key.clone(), task);
+            Ok(())
+        }
+    }
+}
+
+/// A task that failed in a way a new submit may fix (216303, 201): back to pending, bounded.
+async fn requeue_task(
+    s: &Arc<Shared>,
+    task: &Task,
+    code: Option<i64>,
+    msg: &str,
+) -> Result<(), SchedulerError> {
+    let attempts = s.store.item_attempts(&task.key).await?;
+    if attempts >= s.opts.limits.max_attempts {
+        s.store
+            .mark_failed(&task.key, ErrorClass::of(code.unwrap_or(0)), code, msg)
+            .await?;
+        s.state().failed += 1;
+        return Ok(());
+    }
+    let at = now_ms()
+        + backoff(
+            attempts as u32,
+            Duration::from_secs(1),
+            Duration::from_secs(60),
+        )
+        .as_millis() as i64;
+    s.store.mark_task_retry(&task.key, code, msg, at).await?;
+    if let Some(item) = s.store.pending_item(&task.key).await? {
+        s.state().requeued.push(item);
+    }
+    s.wake_submit.notify_one();
+    Ok(())
+}
+
+async fn lose_awaiting(s: &Arc<Shared>, key: &str, reason: &str) -> Result<(), SchedulerError> {
+    let images = {
+        let mut st = s.state();
+        st.running.remove(key);
+        st.awaiting_urls.remove(key).unwrap_or_default()
+    };
+    for img in images {
+        s.store.mark_lost(&img.item_key, img.idx, reason).await?;
+        s.state().lost += 1;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fetch
+
+/// URLs this close to expiry are refreshed before downloading.
+const EXPIRY_MARGIN_MS: i64 = 5_000;
+/// Fresh-URL queries per image before it is declared lost.
+const MAX_REFRESHES: u32 = 3;
+
+async fn fetch_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
+    loop {
+        if s.halt.is_cancelled() || s.done.is_cancelled() {
+            return Ok(());
+        }
+        // Registered before looking at the queue, so a push between the look and the wait is
+        // not missed.
+        let notified = s.wake_fetch.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let (next, wait) = {
+            let mut st = s.state();
+            let now = Instant::now();
+            let mut i = 0;
+            while i < st.fetch_delayed.len() {
+                if st.fetch_delayed[i].0 <= now {
+                    let (_, img) = st.fetch_delayed.swap_remove(i);
+                    st.push_fetch(img);
+                } else {
+                    i += 1;
+                }
+            }
+            let next = st.fetch_ready.pop().map(|Reverse(q)| q.image);
+            if next.is_some() {
+                st.fetch_inflight += 1;
+            }
+            (next, st.fetch_delayed.iter().map(|(t, _)| *t).min())
+        };
+        let Some(image) = next else {
+            let until = wait.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = &mut notified => {}
+                _ = s.done.cancelled() => return Ok(()),
+                _ = s.halt.cancelled() => return Ok(()),
+            }
+            continue;
+        };
+        let res = fetch_one(&s, image).await;
+        s.state().fetch_inflight -= 1;
+        res?;
+        // A quota-parked submit loop stops once nothing else is left: let it look.
+        s.wake_submit.notify_one();
+        s.check_idle();
+    }
+}
+
+async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerError> {
+    let rel = Archive::image_rel_path(&image.item_key, image.idx)?;
+    let dest = s.archive.resolve(&image.batch, &rel)?;
+    // A crash between the rename and the store's record leaves a complete, verified file: adopt it.
+    if dest.exists() {
+        if archive::verify_png(&dest, image.size).is_ok() {
+            let (sha, bytes) = archive::hash_file(&dest).map_err(|e| ArchiveError::Io {
+                op: "read",
+                path: dest.clone(),
+                source: e,
+            })?;
+            return record_archived(s, &image, &rel, &sha, bytes).await;
+        }
+        let _ = std::fs::remove_file(&dest);
+    }
+    if image.url_expires_at <= now_ms() + EXPIRY_MARGIN_MS {
+        return request_fresh_urls(s, image, "URL expired before download").await;
+    }
+    let tmp = match s
+        .archive
+        .temp_path(&image.batch, &image.item_key, image.idx)
+    {
+        Ok(t) => t,
+        Err(e) => {
+            s.fail_run(StopReason::Fatal, e.to_string());
+            s.state().push_fetch(image);
+            return Ok(());
+        }
+    };
+    let download = s.client.download(&image.url, &tmp).await;
+    let verified = match download {
+        Ok(d) => match archive::verify_png(&tmp, image.size) {
+            Ok(()) => Ok(d),
+            Err(e) => Err(DownloadFailure::Archive(e)),
+        },
+        Err(e) => Err(DownloadFailure::Client(e)),
+    };
+    match verified {
+        Ok(d) => match s.archive.commit_image(&tmp, &image.batch, &rel) {
+            Ok(_) => record_archived(s, &image, &rel, &d.sha256, d.bytes).await,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                s.fail_run(StopReason::Fatal, e.to_string());
+                s.state().push_fetch(image);
+                Ok(())
+            }
+        },
+        Err(failure) => {
+            let _ = std::fs::remove_file(&tmp);
+            match failure {
+                DownloadFailure::Client(e) if e.is_disk() => {
+                    s.fail_run(
+                        StopReason::Fatal,
+                        format!("archive {}: {e}", s.archive.root().display()),
+                    );
+                    s.state().push_fetch(image);
+                    Ok(())
+                }
+                DownloadFailure::Client(e) if e.is_expired() => {
+                    request_fresh_urls(s, image, &e.to_string()).await
+                }
+                DownloadFailure::Client(ClientError::BadUrl)
+                | DownloadFailure::Client(ClientError::TooLarge { .. }) => {
+                    s.store
+                        .mark_lost(&image.item_key, image.idx, "refused download")
+                        .await?;
+                    s.state().lost += 1;
+                    Ok(())
+                }
+                DownloadFailure::Archive(ArchiveError::BadImage(m)) => {
+                    retry_fetch(s, image, &m).await
+                }
+                DownloadFailure::Archive(e) => {
+                    s.fail_run(StopReason::Fatal, e.to_string());
+                    s.state().push_fetch(image);
+                    Ok(())
+                }
+                DownloadFailure::Client(e) => retry_fetch(s, image, &e.to_string()).await,
+            }
+        }
+    }
+}
+
+enum DownloadFailure {
+    Client(ClientError),
+    Archive(ArchiveError),
+}
+
+async fn record_archived(
+    s: &Arc<Shared>,
+    image: &FetchImage,
+    rel: &str,
+    sha: &str,
+    bytes: u64,
+) -> Result<(), SchedulerError> {
+    let record = s
+        .store
+        .mark_archived(&image.item_key, image.idx, rel, sha, bytes as i64)
+        .await?;
+    s.archive.write_sidecar(&record)?;
+    s.archive.append_manifest(&record)?;
+    s.state().archived += 1;
+    Ok(())
+}
+
+async fn retry_fetch(
+    s: &Arc<Shared>,
+    mut image: FetchImage,
+    error: &str,
+) -> Result<(), SchedulerError> {
+    let attempts = s
+        .store
+        .note_fetch_error(&image.item_key, image.idx, error)
+        .await?;
+    image.attempts = attempts;
+    tracing::debug!(key = %image.item_key, idx = image.idx, attempts, %error, "download failed; trying again");
+    if attempts >= s.opts.limits.max_attempts {
+        return request_fresh_urls(s, image, error).await;
+    }
+    let wait = backoff(
+        attempts as u32,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    );
+    // Never wait past the URL's expiry: then a fresh URL is needed anyway.
+    s.state().fetch_delayed.push((Instant::now() + wait, image));
+    s.wake_fetch.notify_waiters();
+    Ok(())
+}
+
+async fn request_fresh_urls(
+    s: &Arc<Shared>,
+    image: FetchImage,
+    reason: &str,
+) -> Result<(), SchedulerError> {
+    let n = {
+        let mut st = s.state();
+        let n = st
+            .refreshes
+            .entry((image.item_key.clone(), image.idx))
+            .or_default();
+        *n += 1;
+        *n
+    };
+    if n > MAX_REFRESHES {
+        s.store
+            .mark_lost(&image.item_key, image.idx, reason)
+            .await?;
+        s.state().lost += 1;
+        return Ok(());
+    }
+    tracing::info!(key = %image.item_key, idx = image.idx, %reason, "asking for fresh image URLs");
+    let mut st = s.state();
+    let key = image.item_key.clone();
+    let task_id = image.task_id.clone();
+    st.awaiting_urls.entry(key.clone()).or_default().push(image);
+    if !st.running.contains_key(&key) {
+        let now = Instant::now();
+        st.running.insert(
+            key.clone(),
+            Task {
+                key,
+                task_id,
+                image_num: 0,
+                started: now,
+                due: now,
+                progress: None,
+                prev_progress: None,
+                last_poll: None,
+                errors: 0,
+                refresh: true,
+            },
+        );
+    }
+    drop(st);
+    s.wake_poll.notify_one();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_resets_at_shanghai_midnight() {
+        // 2026-11-21 15:59:59 UTC = 23:59:59 in Shanghai; the reset is 16:00:00 UTC.
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-21T15:59:59Z")
+            .unwrap()
+            .timestamp_millis();
+        let r = chrono::DateTime::parse_from_rfc3339("2026-11-21T16:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        assert_eq!(next_quota_reset(t), r);
+        assert_eq!(next_quota_reset(r), r + 86_400_000);
+    }
+
+    #[test]
+    fn due_time_extrapolates_progress() {
+        let now = Instant::now();
+        let started = now - Duration::from_secs(2);
+        let task = Task {
+            key: "k".into(),
+            task_id: "1".into(),
+            image_num: 1,
+            started,
+            due: now,
+            progress: Some((0.5, 2.0)),
+            prev_progress: Some((0.25, 1.0)),
+            last_poll: Some(now),
+            errors: 0,
+            refresh: false,
+        };
+        let due = next_due(&task, now, &Durations::default(), 1, 10.0);
+        let wait = due.duration_since(now).as_secs_f64();
+        assert!((wait - 2.0).abs() < 0.01, "{wait}");
+        // Nearly done: poll again after the fair share of the budget.
+        let mut t2 = task.clone();
+        t2.progress = Some((0.99, 2.0));
+        t2.prev_progress = Some((0.5, 1.0));
+        let wait = next_due(&t2, now, &Durations::default(), 4, 10.0)
+            .duration_since(now)
+            .as_secs_f64();
+        assert!((wait - 0.4).abs() < 0.01, "{wait}");
+    }
+
+    #[test]
+    fn durations_quantiles() {
+        let mut d = Durations::default();
+        assert!(d.quantile(0.5).is_none());
+        for i in 1..=5 {
+            d.record(f64::from(i));
+        }
+        assert_eq!(d.quantile(0.5), Some(3.0));
+        assert_eq!(d.quantile(0.0), Some(1.0));
+    }
+}
