@@ -4,8 +4,14 @@
 use clap::{Parser, Subcommand};
 
 pub mod plan;
+pub mod resume;
+pub mod retry;
+pub mod run;
 pub mod sim;
+pub mod status;
+pub mod submit;
 pub mod validate;
+pub mod verify;
 
 /// Exit codes shared by every command (documented in the README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +73,16 @@ pub enum Command {
     Validate(validate::Args),
     /// Show the expanded items of a job file, totals, and how long the batch will take.
     Plan(plan::Args),
+    /// Load job files into the store, then submit, poll and archive until done.
+    Submit(submit::Args),
+    /// Run whatever is unfinished in the store.
+    Resume(resume::Args),
+    /// Where every batch stands: items by state, images by outcome.
+    Status(status::Args),
+    /// Put failed items back in the queue.
+    Retry(retry::Args),
+    /// Re-hash the archive against the store; requeue what is missing or corrupt.
+    Verify(verify::Args),
     /// Run the ERNIE-ViLG simulator (wire protocol, limits, failures, expiring URLs).
     Sim(sim::Args),
 }
@@ -114,6 +130,11 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
     match command {
         Command::Validate(args) => validate::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Submit(args) => submit::run(args).await,
+        Command::Resume(args) => resume::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Retry(args) => retry::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
         Command::Sim(args) => sim::run(args).await,
     }
 }

@@ -1,0 +1,84 @@
+//! The checked job file before expansion: what `validate` makes of the YAML tree, and what
+//! `expand` turns into items. Only values that passed their checks get here.
+
+use std::collections::BTreeMap;
+
+use super::diag::Pos;
+use super::template::Segment;
+use crate::api::{Size, Version};
+
+/// Settings that a prompt entry may set and otherwise takes from the top level. `None`: not
+/// given at this level.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settings {
+    /// Model version, with where it was written.
+    pub version: Option<(Version, Pos)>,
+    /// Sizes, each with where it was written.
+    pub sizes: Option<Vec<(Size, Pos)>>,
+    /// Images per submit.
+    pub image_num: Option<u8>,
+    /// Variants: each its own submit.
+    pub repeat: Option<u32>,
+    /// Tags for the archive's metadata (entry tags are merged over top-level ones).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// What an entry asks for.
+#[derive(Debug, Clone)]
+pub(crate) enum EntryText {
+    /// One prompt, already trimmed.
+    Prompt(String),
+    /// A template and the values of its placeholders.
+    Template {
+        /// The template as written.
+        source: String,
+        /// The template split into text and placeholders.
+        segments: Vec<Segment>,
+        /// The vars in the order written; the product runs with the first one outermost.
+        vars: Vec<Var>,
+    },
+}
+
+/// One template variable.
+#[derive(Debug, Clone)]
+pub(crate) struct Var {
+    /// The placeholder name.
+    pub name: String,
+    /// Its values, in order.
+    pub values: Vec<String>,
+}
+
+/// One entry of `prompts` (or one line of the prompts file).
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    /// Where the entry starts.
+    pub pos: Pos,
+    /// The prompt or template.
+    pub text: EntryText,
+    /// The entry's own settings.
+    pub settings: Settings,
+}
+
+/// A job file after its keys and values were checked.
+#[derive(Debug, Default)]
+pub(crate) struct Spec {
+    /// The batch name, when present and valid.
+    pub batch: Option<String>,
+    /// Top-level settings, the defaults of every entry.
+    pub defaults: Settings,
+    /// False when a top-level setting was invalid: then nothing is expanded, to avoid reporting
+    /// the same mistake again for every entry.
+    pub defaults_valid: bool,
+    /// `archive.review`, when given.
+    pub archive_review: Option<super::Keep>,
+    /// `archive.block`, when given.
+    pub archive_block: Option<super::Keep>,
+    /// `max_items` and where it was written.
+    pub max_items: Option<(u64, Pos)>,
+    /// Where `prompts:` was written.
+    pub prompts_pos: Option<Pos>,
+    /// `prompts_file` as written, and where.
+    pub prompts_file: Option<(String, Pos)>,
+    /// The valid entries, in file order.
+    pub entries: Vec<Entry>,
+}
