@@ -400,6 +400,13 @@ impl Store {
         })
     }
 
+    /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
+    /// transaction that reads first cannot upgrade while another connection writes, and SQLite
+    /// refuses it at once instead of waiting.
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// The store file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -421,7 +428,7 @@ impl Store {
         items: &[Item],
     ) -> Result<LoadSummary> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO batches (name, review_policy, block_policy, source, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -518,7 +525,7 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn recover(&self) -> Result<Recovery> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let rows = sqlx::query(
             "SELECT key, batch FROM items WHERE state = 'submitting' ORDER BY batch, seq",
         )
@@ -631,7 +638,7 @@ impl Store {
     /// Records the task id of an answered submit.
     pub async fn mark_running(&self, key: &str, task_id: &str) -> Result<i64> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let batch: String = sqlx::query_scalar(
             "UPDATE items SET state = 'running', task_id = ?2, submitted_at = ?3, retry_at = NULL,
                  error_class = NULL, error_code = NULL, error_msg = NULL, updated_at = ?3
@@ -665,7 +672,7 @@ impl Store {
         retry_at: i64,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let batch: String = sqlx::query_scalar(
             "UPDATE items SET state = 'pending', ambiguous = ambiguous + 1, retry_at = ?2, updated_at = ?3
              WHERE key = ?1 AND state = 'submitting' RETURNING batch",
@@ -701,7 +708,7 @@ impl Store {
         counts: bool,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let batch: String = sqlx::query_scalar(
             "UPDATE items SET state = 'pending', retry_at = ?2, error_code = ?3, error_msg = ?4,
                  attempts = attempts - (CASE WHEN ?5 THEN 0 ELSE 1 END), updated_at = ?6
@@ -738,7 +745,7 @@ impl Store {
         msg: &str,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let batch: String = sqlx::query_scalar(
             "UPDATE items SET state = 'failed', error_class = ?2, error_code = ?3, error_msg = ?4,
                  finished_at = COALESCE(finished_at, ?5), retry_at = NULL, updated_at = ?5
@@ -775,7 +782,7 @@ impl Store {
         retry_at: i64,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let batch: String = sqlx::query_scalar(
             "UPDATE items SET state = 'pending', task_id = NULL, retry_at = ?2, error_code = ?3,
                  error_msg = ?4, updated_at = ?5
@@ -835,7 +842,7 @@ impl Store {
         images: &[ListedImage],
     ) -> Result<Vec<FetchImage>> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let row = sqlx::query(
             "SELECT i.batch, i.task_id, i.width, i.height, b.review_policy, b.block_policy
              FROM items i JOIN batches b ON b.name = i.batch WHERE i.key = ? AND i.state = 'running'",
@@ -917,7 +924,7 @@ impl Store {
     /// Stores fresh URLs for the listed images of an item (after an expired URL).
     pub async fn refresh_urls(&self, key: &str, images: &[ListedImage]) -> Result<Vec<FetchImage>> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         for img in images {
             sqlx::query(
                 "UPDATE images SET url = ?3, url_expires_at = ?4 WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'",
@@ -981,7 +988,7 @@ impl Store {
         bytes: i64,
     ) -> Result<ImageRecord> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE images SET state = 'archived', path = ?3, sha256 = ?4, bytes = ?5, archived_at = ?6,
                  slack_ms = url_expires_at - ?6, error = NULL
@@ -1014,7 +1021,7 @@ impl Store {
     /// Records that an image's URL is dead and could not be refreshed.
     pub async fn mark_lost(&self, key: &str, idx: u32, reason: &str) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE images SET state = 'lost', error = ?3 WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'")
             .bind(key)
             .bind(idx)
@@ -1069,7 +1076,7 @@ impl Store {
     /// back to `fetching`, so the next run downloads it again (after refreshing its URL).
     pub async fn requeue_image(&self, key: &str, idx: u32, reason: &str) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE images SET state = 'listed', path = NULL, sha256 = NULL, bytes = NULL, archived_at = NULL,
                  slack_ms = NULL, url_expires_at = 0, attempts = 0, error = ?3
@@ -1104,7 +1111,7 @@ impl Store {
     /// Puts failed items back to pending (all, or those of one error class). Returns how many.
     pub async fn requeue_failed(&self, batches: &[String], class: Option<&str>) -> Result<u64> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         let keys: Vec<(String, String)> = sqlx::query_as(
             "SELECT key, batch FROM items WHERE state = 'failed' AND (?1 IS NULL OR error_class = ?1)
                AND (?2 = '[]' OR batch IN (SELECT value FROM json_each(?2)))",
@@ -1274,7 +1281,7 @@ impl Store {
         code: Option<i64>,
         detail: Option<&str>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write().await?;
         event(&mut tx, now_ms(), batch, key, kind, code, detail).await?;
         tx.commit().await?;
         Ok(())
