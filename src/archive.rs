@@ -144,9 +144,17 @@ impl Archive {
                         cur.display()
                     )));
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&cur).map_err(io_at("create folder", &cur))?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&cur) {
+                    Ok(()) => {}
+                    // Another download worker made it meanwhile: fine if it is a real folder.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let m = fs::symlink_metadata(&cur).map_err(io_at("inspect", &cur))?;
+                        if !m.is_dir() || m.file_type().is_symlink() {
+                            return Err(ArchiveError::Unsafe(format!("{} is not a folder", cur.display())));
+                        }
+                    }
+                    Err(e) => return Err(io_at("create folder", &cur)(e)),
+                },
                 Err(e) => return Err(io_at("inspect", &cur)(e)),
             }
         }
@@ -171,14 +179,16 @@ impl Archive {
         Ok(n)
     }
 
-    /// A fresh temporary path for a download of `key`/`idx`.
+    /// A fresh temporary path for a download of `key`/`idx`, unique within this process.
     pub fn temp_path(&self, batch: &str, key: &str, idx: u32) -> Result<PathBuf> {
+        static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = self.batch_dir(batch)?.join(".tmp");
         self.ensure_dir(&tmp)?;
         if !is_safe_key(key) {
             return Err(ArchiveError::Unsafe(format!("item key {key:?}")));
         }
-        Ok(tmp.join(format!("{key}-{idx}.png.part")))
+        let n = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(tmp.join(format!("{key}-{idx}.{}-{n}.part", std::process::id())))
     }
 
     /// Absolute path of an image given its batch and relative path.

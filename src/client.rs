@@ -101,6 +101,9 @@ pub enum ClientError {
         /// Censorship details, when given.
         detail: Option<String>,
     },
+    /// No access token could be had (the request for one failed); nothing else was sent.
+    #[error("cannot get an access token: {0}")]
+    TokenFetch(Box<ClientError>),
     /// The token endpoint refused the keys.
     #[error("the token endpoint refused the credentials: {error}: {description}")]
     Auth {
@@ -161,6 +164,7 @@ impl ClientError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ClientError::Api { code, .. } => ErrorClass::of(*code),
+            ClientError::TokenFetch(inner) => inner.class(),
             ClientError::Auth { .. } | ClientError::BadUrl => ErrorClass::Fatal,
             ClientError::Status { status: 429, .. } => ErrorClass::Rate,
             ClientError::Status { status, .. } if *status >= 500 => ErrorClass::Transient,
@@ -245,7 +249,12 @@ impl Client {
         credentials: Credentials,
         store: Option<Store>,
     ) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if is_loopback(&config.base_url) {
+            // A simulator on this machine: an inherited HTTP(S)_PROXY must not capture it.
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::limited(5))
@@ -397,7 +406,13 @@ impl Client {
     {
         let mut refreshed = false;
         loop {
-            let token = self.access_token().await?;
+            let token = self
+                .access_token()
+                .await
+                .map_err(|e| match e {
+                    e @ (ClientError::Auth { .. } | ClientError::Store(_)) => e,
+                    e => ClientError::TokenFetch(Box::new(e)),
+                })?;
             match self.call_once(path, what, body, &token).await {
                 Err(e)
                     if e.class() == ErrorClass::Token
@@ -557,6 +572,17 @@ impl Client {
     }
 }
 
+fn is_loopback(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = u.host_str().unwrap_or_default().trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A transport error without its URL (which carries the access token).
 fn transport(what: &'static str, e: reqwest::Error) -> ClientError {
     ClientError::Transport {
@@ -628,6 +654,14 @@ mod tests {
     }
 
     #[test]
+    fn loopback_detection() {
+        assert!(is_loopback("http://127.0.0.1:8787"));
+        assert!(is_loopback("http://localhost:1"));
+        assert!(is_loopback("http://[::1]:1"));
+        assert!(!is_loopback("https://aip.baidubce.com"));
+    }
+
+    #[test]
     fn ambiguity_and_classes() {
         let e = ClientError::Api {
             code: 17,
@@ -643,5 +677,9 @@ mod tests {
         assert!(m.is_ambiguous());
         assert_eq!(m.class(), ErrorClass::Transient);
         assert!(ClientError::Expired { status: 403 }.is_expired());
+        // A failed token request happens before the submit is sent: never ambiguous.
+        let t = ClientError::TokenFetch(Box::new(m));
+        assert!(!t.is_ambiguous());
+        assert_eq!(t.class(), ErrorClass::Transient);
     }
 }

@@ -15,7 +15,7 @@
 //! nothing new starts.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -106,6 +106,8 @@ pub struct RunSummary {
     pub archived: u64,
     /// Images lost in this run.
     pub lost: u64,
+    /// Times fresh URLs were asked for (an image URL expired, or was about to, before download).
+    pub url_refreshes: u64,
     /// Item keys whose submit was ambiguous (recovered at start or unanswered in this run); they
     /// are submitted again: at-least-once in that window.
     pub ambiguous: Vec<String>,
@@ -212,6 +214,9 @@ struct State {
     fetch_ready: BinaryHeap<Reverse<Queued>>,
     fetch_delayed: Vec<(Instant, FetchImage)>,
     fetch_inflight: usize,
+    /// Every image the fetch pipeline holds (queued, delayed, downloading or awaiting URLs):
+    /// each is owned once, so a refresh or a restart never queues it twice.
+    fetch_owned: HashSet<(String, u32)>,
     /// Images waiting for fresh URLs, by item key.
     awaiting_urls: HashMap<String, Vec<FetchImage>>,
     refreshes: HashMap<(String, u32), u32>,
@@ -230,6 +235,7 @@ struct State {
     failed: u64,
     archived: u64,
     lost: u64,
+    url_refreshes: u64,
     queries: u64,
     ambiguous: Vec<String>,
 }
@@ -245,6 +251,14 @@ impl State {
             && self.awaiting_urls.is_empty()
     }
 
+    /// Hands a newly listed image to the fetch pipeline, unless it already holds it.
+    fn adopt_fetch(&mut self, image: FetchImage) {
+        if self.fetch_owned.insert((image.item_key.clone(), image.idx)) {
+            self.push_fetch(image);
+        }
+    }
+
+    /// Re-queues an image the pipeline already owns.
     fn push_fetch(&mut self, image: FetchImage) {
         self.seq += 1;
         self.fetch_ready.push(Reverse(Queued {
@@ -415,7 +429,7 @@ pub async fn run(
         state.running.remove(&key);
     }
     for img in store.images_to_fetch(&opts.batches).await? {
-        state.push_fetch(img);
+        state.adopt_fetch(img);
     }
 
     let shared = Arc::new(Shared {
@@ -539,6 +553,7 @@ pub async fn run(
         failed: st.failed,
         archived: st.archived,
         lost: st.lost,
+        url_refreshes: st.url_refreshes,
         ambiguous: st.ambiguous.clone(),
         errors: st.summary_errors.clone(),
         queries: st.queries,
@@ -1036,11 +1051,16 @@ async fn handle_query_answer(
         TaskStatus::Success => {
             let images = flatten_images(&data, s.opts.assumed_url_ttl);
             if task.refresh {
-                let fresh = s.store.refresh_urls(&task.key, &images).await?;
+                s.store.refresh_urls(&task.key, &images).await?;
                 let mut st = s.state();
                 st.running.remove(&task.key);
-                st.awaiting_urls.remove(&task.key);
-                for img in fresh {
+                // Only the images that asked for fresh URLs go back in the queue; their siblings
+                // are already queued or downloading.
+                for mut img in st.awaiting_urls.remove(&task.key).unwrap_or_default() {
+                    if let Some(fresh) = images.iter().find(|f| f.idx == img.idx) {
+                        img.url = fresh.url.clone();
+                        img.url_expires_at = fresh.url_expires_at;
+                    }
                     st.push_fetch(img);
                 }
                 drop(st);
@@ -1057,7 +1077,7 @@ async fn handle_query_answer(
                 st.running.remove(&task.key);
                 st.succeeded += 1;
                 for img in fetch {
-                    st.push_fetch(img);
+                    st.adopt_fetch(img);
                 }
             }
             release_slots(s, task.image_num, true);
@@ -1195,19 +1215,35 @@ async fn lose_awaiting(s: &Arc<Shared>, key: &str, reason: &str) -> Result<(), S
         st.awaiting_urls.remove(key).unwrap_or_default()
     };
     for img in images {
-        s.store.mark_lost(&img.item_key, img.idx, reason).await?;
-        s.state().lost += 1;
+        mark_lost(s, &img, reason).await?;
     }
+    Ok(())
+}
+
+async fn mark_lost(
+    s: &Arc<Shared>,
+    image: &FetchImage,
+    reason: &str,
+) -> Result<(), SchedulerError> {
+    tracing::warn!(key = %image.item_key, idx = image.idx, %reason, "image lost");
+    s.store
+        .mark_lost(&image.item_key, image.idx, reason)
+        .await?;
+    let mut st = s.state();
+    st.lost += 1;
+    st.fetch_owned.remove(&(image.item_key.clone(), image.idx));
     Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Fetch
 
-/// URLs this close to expiry are refreshed before downloading.
-const EXPIRY_MARGIN_MS: i64 = 5_000;
-/// Fresh-URL queries per image before it is declared lost.
-const MAX_REFRESHES: u32 = 3;
+/// URLs this close to expiry are refreshed before downloading (a download started later would
+/// meet a 403 anyway).
+const EXPIRY_MARGIN_MS: i64 = 250;
+/// Rounds of fresh URLs per image before it is declared lost: every one of them died before its
+/// download could start (or the query for them failed).
+const MAX_REFRESHES: u32 = 20;
 
 async fn fetch_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
     loop {
@@ -1317,14 +1353,9 @@ async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerEr
                 DownloadFailure::Client(e) if e.is_expired() => {
                     request_fresh_urls(s, image, &e.to_string()).await
                 }
-                DownloadFailure::Client(ClientError::BadUrl)
-                | DownloadFailure::Client(ClientError::TooLarge { .. }) => {
-                    s.store
-                        .mark_lost(&image.item_key, image.idx, "refused download")
-                        .await?;
-                    s.state().lost += 1;
-                    Ok(())
-                }
+                DownloadFailure::Client(
+                    e @ (ClientError::BadUrl | ClientError::TooLarge { .. }),
+                ) => mark_lost(s, &image, &format!("refused download: {e}")).await,
                 DownloadFailure::Archive(ArchiveError::BadImage(m)) => {
                     retry_fetch(s, image, &m).await
                 }
@@ -1357,7 +1388,9 @@ async fn record_archived(
         .await?;
     s.archive.write_sidecar(&record)?;
     s.archive.append_manifest(&record)?;
-    s.state().archived += 1;
+    let mut st = s.state();
+    st.archived += 1;
+    st.fetch_owned.remove(&(image.item_key.clone(), image.idx));
     Ok(())
 }
 
@@ -1401,14 +1434,11 @@ async fn request_fresh_urls(
         *n
     };
     if n > MAX_REFRESHES {
-        s.store
-            .mark_lost(&image.item_key, image.idx, reason)
-            .await?;
-        s.state().lost += 1;
-        return Ok(());
+        return mark_lost(s, &image, reason).await;
     }
     tracing::info!(key = %image.item_key, idx = image.idx, %reason, "asking for fresh image URLs");
     let mut st = s.state();
+    st.url_refreshes += 1;
     let key = image.item_key.clone();
     let task_id = image.task_id.clone();
     st.awaiting_urls.entry(key.clone()).or_default().push(image);

@@ -1,7 +1,7 @@
 //! `runner resume`: run whatever is unfinished in the store.
 
-use super::run::{self, RunArgs};
 use super::Exit;
+use super::run::{self, RunArgs};
 
 /// Run every unfinished item of the store (or of the named batches): tasks that were running are
 /// polled again by their stored task ids, never submitted again.

@@ -20,20 +20,39 @@ pub struct Args {
     pub batches: Vec<String>,
 }
 
-const CLASSES: [&str; 8] = ["transient", "rate", "concurrency", "quota", "token", "permanent", "timeout", "fatal"];
+const CLASSES: [&str; 8] = [
+    "transient",
+    "rate",
+    "concurrency",
+    "quota",
+    "token",
+    "permanent",
+    "timeout",
+    "fatal",
+];
 
 /// Runs `runner retry`.
 pub async fn run(args: Args) -> anyhow::Result<Exit> {
     if !args.failed && args.class.is_none() {
-        return Err(ExitError::new(Exit::Invalid, "say what to retry: --failed or --class CLASS").into());
+        return Err(ExitError::new(
+            Exit::Invalid,
+            "say what to retry: --failed or --class CLASS",
+        )
+        .into());
     }
-    if let Some(c) = &args.class {
-        if !CLASSES.contains(&c.as_str()) {
-            return Err(ExitError::new(Exit::Invalid, format!("unknown class {c:?}; one of: {}", CLASSES.join(", "))).into());
-        }
+    if let Some(c) = &args.class
+        && !CLASSES.contains(&c.as_str())
+    {
+        return Err(ExitError::new(
+            Exit::Invalid,
+            format!("unknown class {c:?}; one of: {}", CLASSES.join(", ")),
+        )
+        .into());
     }
     let store = run::open_store(&args.store).await?;
-    let n = store.requeue_failed(&args.batches, args.class.as_deref()).await?;
+    let n = store
+        .requeue_failed(&args.batches, args.class.as_deref())
+        .await?;
     println!("requeued {n} item(s); run `runner resume` to submit them");
     store.close().await;
     Ok(Exit::Done)

@@ -97,14 +97,27 @@ struct JsonSummary<'a> {
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
     match Store::open(&args.db).await {
         Ok(s) => Ok(s),
-        Err(e @ StoreError::Busy { .. }) => Err(ExitError::new(Exit::WorkRemaining, e.to_string()).into()),
+        Err(e @ StoreError::Busy { .. }) => {
+            Err(ExitError::new(Exit::WorkRemaining, e.to_string()).into())
+        }
         Err(e) => Err(ExitError::new(Exit::Runtime, e.to_string()).into()),
     }
 }
 
 /// Runs the store's unfinished work for `batches` (all when empty) and reports.
-pub async fn execute(args: &RunArgs, store: Store, batches: Vec<String>, loaded: Vec<(String, LoadSummary)>) -> anyhow::Result<Exit> {
-    let run_id = store.start_run(if loaded.is_empty() { "resume" } else { "submit" }).await?;
+pub async fn execute(
+    args: &RunArgs,
+    store: Store,
+    batches: Vec<String>,
+    loaded: Vec<(String, LoadSummary)>,
+) -> anyhow::Result<Exit> {
+    let run_id = store
+        .start_run(if loaded.is_empty() {
+            "resume"
+        } else {
+            "submit"
+        })
+        .await?;
     let mut sim: Option<SimHandle> = None;
     let mut sim_limits = None;
     let (base_url, credentials) = if args.sim {
@@ -114,7 +127,9 @@ pub async fn execute(args: &RunArgs, store: Store, batches: Vec<String>, loaded:
             config.query_qps.unwrap_or(f64::INFINITY),
             config.concurrency.unwrap_or(u32::MAX),
         ));
-        let handle = crate::sim::spawn(config).await.context("cannot start the simulator")?;
+        let handle = crate::sim::spawn(config)
+            .await
+            .context("cannot start the simulator")?;
         let url = handle.base_url();
         tracing::info!(base_url = %url, "simulator started in-process");
         sim = Some(handle);
@@ -127,7 +142,10 @@ pub async fn execute(args: &RunArgs, store: Store, batches: Vec<String>, loaded:
         )
     } else {
         let credentials = credentials_from_env()?;
-        let base = args.base_url.clone().unwrap_or_else(|| "https://aip.baidubce.com".into());
+        let base = args
+            .base_url
+            .clone()
+            .unwrap_or_else(|| "https://aip.baidubce.com".into());
         (base, credentials)
     };
     let defaults = sim_limits.unwrap_or(DEFAULT_LIMITS);
@@ -138,7 +156,11 @@ pub async fn execute(args: &RunArgs, store: Store, batches: Vec<String>, loaded:
         downloads: args.downloads.max(1),
         max_attempts: args.max_attempts.max(1),
     };
-    let client = Arc::new(Client::new(ClientConfig::new(base_url), credentials, Some(store.clone()))?);
+    let client = Arc::new(Client::new(
+        ClientConfig::new(base_url),
+        credentials,
+        Some(store.clone()),
+    )?);
     let halt = CancellationToken::new();
     spawn_signal_handler(halt.clone());
     let progress = spawn_progress(store.clone(), batches.clone(), halt.child_token());
@@ -149,7 +171,14 @@ pub async fn execute(args: &RunArgs, store: Store, batches: Vec<String>, loaded:
         deadline: args.max_runtime.map(|d| tokio::time::Instant::now() + d),
         assumed_url_ttl: args.url_ttl,
     };
-    let result = scheduler::run(store.clone(), client, Archive::new(&args.archive), opts, halt.clone()).await;
+    let result = scheduler::run(
+        store.clone(),
+        client,
+        Archive::new(&args.archive),
+        opts,
+        halt.clone(),
+    )
+    .await;
     progress.cancel();
     if let Some(sim) = sim {
         sim.shutdown().await;
@@ -157,13 +186,19 @@ pub async fn execute(args: &RunArgs, store: Store, batches: Vec<String>, loaded:
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            let _ = store.end_run(run_id, Exit::Runtime as i32, &e.to_string()).await;
+            let _ = store
+                .end_run(run_id, Exit::Runtime as i32, &e.to_string())
+                .await;
             return Err(ExitError::new(Exit::Runtime, e.to_string()).into());
         }
     };
     let exit = exit_for(&summary);
     store
-        .end_run(run_id, exit as i32, &serde_json::to_string(&summary).unwrap_or_default())
+        .end_run(
+            run_id,
+            exit as i32,
+            &serde_json::to_string(&summary).unwrap_or_default(),
+        )
         .await?;
     report(&summary, exit);
     if args.json {
@@ -182,7 +217,9 @@ fn exit_for(s: &RunSummary) -> Exit {
     let remaining = s.pending + s.in_flight > 0;
     match s.stop {
         StopReason::Fatal => Exit::Runtime,
-        StopReason::Deadline | StopReason::Interrupted | StopReason::QuotaParked if remaining => Exit::WorkRemaining,
+        StopReason::Deadline | StopReason::Interrupted | StopReason::QuotaParked if remaining => {
+            Exit::WorkRemaining
+        }
         _ if s.failed_total > 0 || s.lost_total > 0 => Exit::SomeFailed,
         _ if remaining => Exit::WorkRemaining,
         _ => Exit::Done,
@@ -199,7 +236,14 @@ fn report(s: &RunSummary, exit: Exit) {
     };
     eprintln!(
         "{stop}: {} submitted, {} succeeded, {} images archived, {} failed, {} lost in {:.1}s; {} pending, {} in flight",
-        s.submitted, s.succeeded, s.archived, s.failed, s.lost, s.elapsed_secs, s.pending, s.in_flight
+        s.submitted,
+        s.succeeded,
+        s.archived,
+        s.failed,
+        s.lost,
+        s.elapsed_secs,
+        s.pending,
+        s.in_flight
     );
     if !s.ambiguous.is_empty() {
         eprintln!(
@@ -229,7 +273,10 @@ fn credentials_from_env() -> anyhow::Result<Credentials> {
         return Ok(Credentials::Token(Secret::new(t)));
     }
     match (get("EB_AK"), get("EB_SK")) {
-        (Some(ak), Some(sk)) => Ok(Credentials::Keys { ak, sk: Secret::new(sk) }),
+        (Some(ak), Some(sk)) => Ok(Credentials::Keys {
+            ak,
+            sk: Secret::new(sk),
+        }),
         _ => Err(ExitError::new(
             Exit::Invalid,
             "no credentials: set EB_AK and EB_SK (API key and secret key), or EB_ACCESS_TOKEN; \
@@ -247,7 +294,9 @@ fn spawn_signal_handler(halt: CancellationToken) {
         loop {
             wait_for_signal().await;
             if first {
-                eprintln!("interrupted: finishing what is in flight (press Ctrl-C again to quit at once)");
+                eprintln!(
+                    "interrupted: finishing what is in flight (press Ctrl-C again to quit at once)"
+                );
                 halt.cancel();
                 first = false;
             } else {
@@ -274,9 +323,17 @@ async fn wait_for_signal() {
 }
 
 /// Progress: one redrawn line on a terminal, a log line every 10 s otherwise.
-fn spawn_progress(store: Store, batches: Vec<String>, stop: CancellationToken) -> CancellationToken {
+fn spawn_progress(
+    store: Store,
+    batches: Vec<String>,
+    stop: CancellationToken,
+) -> CancellationToken {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(10) };
+    let every = if tty {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(10)
+    };
     let token = stop.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -286,9 +343,14 @@ fn spawn_progress(store: Store, batches: Vec<String>, stop: CancellationToken) -
                 _ = tick.tick() => {}
                 _ = token.cancelled() => break,
             }
-            let Ok(status) = store.status().await else { continue };
+            let Ok(status) = store.status().await else {
+                continue;
+            };
             let mut line = String::new();
-            for s in status.iter().filter(|s| batches.is_empty() || batches.contains(&s.batch)) {
+            for s in status
+                .iter()
+                .filter(|s| batches.is_empty() || batches.contains(&s.batch))
+            {
                 let total: i64 = s.items.values().sum();
                 let get = |k: &str| s.items.get(k).copied().unwrap_or(0);
                 line.push_str(&format!(

@@ -42,7 +42,11 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     if let Some(b) = &args.batch {
         batches.retain(|s| &s.batch == b);
         if batches.is_empty() {
-            return Err(ExitError::new(Exit::Invalid, format!("no batch named {b:?} in {}", args.store.db.display())).into());
+            return Err(ExitError::new(
+                Exit::Invalid,
+                format!("no batch named {b:?} in {}", args.store.db.display()),
+            )
+            .into());
         }
     }
     let doc = StatusDoc {
@@ -57,7 +61,10 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     }
     for b in &doc.batches {
         let total: i64 = b.items.values().sum();
-        println!("batch {}: {total} items, {} images requested", b.batch, b.images_requested);
+        println!(
+            "batch {}: {total} items, {} images requested",
+            b.batch, b.images_requested
+        );
         println!("  items:  {}", fmt_counts(&b.items));
         println!("  images: {}", fmt_counts(&b.images));
         println!("  verdicts: {}", fmt_counts(&b.verdicts));
@@ -69,10 +76,16 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
             }
         }
         if b.ambiguous_items > 0 {
-            println!("  ambiguous submits (resubmitted, at-least-once): {}", b.ambiguous_items);
+            println!(
+                "  ambiguous submits (resubmitted, at-least-once): {}",
+                b.ambiguous_items
+            );
         }
         match b.min_slack_ms {
-            Some(ms) => println!("  minimum URL slack (expiry - archive time): {:.1}s", ms as f64 / 1000.0),
+            Some(ms) => println!(
+                "  minimum URL slack (expiry - archive time): {:.1}s",
+                ms as f64 / 1000.0
+            ),
             None => println!("  minimum URL slack: (nothing archived yet)"),
         }
     }
@@ -83,5 +96,8 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
 }
 
 fn fmt_counts(m: &std::collections::BTreeMap<String, i64>) -> String {
-    m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    m.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use super::run::{self, RunArgs};
 use super::Exit;
+use super::run::{self, RunArgs};
 use crate::jobfile::{self, LoadOptions};
 
 /// Load job files (adding only items the store does not have yet), then submit, poll and archive
@@ -23,7 +23,9 @@ pub struct Args {
 /// Runs `runner submit`.
 pub async fn run(args: Args) -> anyhow::Result<Exit> {
     // Every file is validated before the store is touched: nothing half-loaded.
-    let opts = LoadOptions { strict: args.strict };
+    let opts = LoadOptions {
+        strict: args.strict,
+    };
     let mut jobs = Vec::new();
     let mut invalid = false;
     for path in &args.files {
@@ -51,7 +53,12 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let mut loaded = Vec::new();
     for job in &jobs {
         let summary = store
-            .load_items(&job.batch, job.archive, &job.path.display().to_string(), &job.items)
+            .load_items(
+                &job.batch,
+                job.archive,
+                &job.path.display().to_string(),
+                &job.items,
+            )
             .await?;
         eprintln!(
             "{}: {} items ({} new, {} already in the store)",

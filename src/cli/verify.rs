@@ -34,7 +34,9 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let (mut checked, mut missing, mut corrupt, mut temp) = (0u64, 0u64, 0u64, 0usize);
     for batch in &batches {
         for rec in store.image_records(batch).await? {
-            let (Some(path), Some(sha)) = (&rec.path, &rec.sha256) else { continue };
+            let (Some(path), Some(sha)) = (&rec.path, &rec.sha256) else {
+                continue;
+            };
             checked += 1;
             let check = archive
                 .check(batch, path, sha)
@@ -51,9 +53,13 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
                 }
             };
             eprintln!("{batch}/{path}: {reason}; requeued");
-            store.requeue_image(&rec.item_key, rec.index, reason).await?;
+            store
+                .requeue_image(&rec.item_key, rec.index, reason)
+                .await?;
         }
-        temp += archive.clear_temp(batch).map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
+        temp += archive
+            .clear_temp(batch)
+            .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
         archive
             .sync_batch(batch, &store.image_records(batch).await?)
             .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
@@ -65,7 +71,9 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
             serde_json::json!({"checked": checked, "missing": missing, "corrupt": corrupt, "temp_files_removed": temp, "clean": clean})
         );
     }
-    eprintln!("verified {checked} image(s): {missing} missing, {corrupt} corrupt, {temp} leftover temp file(s) removed");
+    eprintln!(
+        "verified {checked} image(s): {missing} missing, {corrupt} corrupt, {temp} leftover temp file(s) removed"
+    );
     store.close().await;
     Ok(if clean { Exit::Done } else { Exit::SomeFailed })
 }
