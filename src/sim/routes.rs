@@ -98,17 +98,26 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
     response
 }
 
-/// A body that fails before its first byte, so the server aborts the connection mid-answer.
+/// A body that fails, so the server aborts the connection mid-answer: at once, or after sending
+/// `prefix`.
 fn aborting_body(prefix: Option<Bytes>) -> Body {
-    let abort = io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "simulated dropped connection",
-    );
-    let chunks: Vec<Result<Bytes, io::Error>> = match prefix {
-        Some(p) => vec![Ok(p), Err(abort)],
-        None => vec![Err(abort)],
-    };
-    Body::from_stream(futures::stream::iter(chunks))
+    let stream = futures::stream::unfold((prefix, false), |(prefix, done)| async move {
+        if done {
+            return None;
+        }
+        if let Some(p) = prefix {
+            return Some((Ok(p), (None, false)));
+        }
+        // Give the server a chance to flush what it has (the head and any prefix) first, so the
+        // client sees an answer that breaks off rather than none at all.
+        tokio::task::yield_now().await;
+        let abort = io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "simulated dropped connection",
+        );
+        Some((Err(abort), (None, true)))
+    });
+    Body::from_stream(stream)
 }
 
 impl Ctx {

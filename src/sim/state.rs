@@ -833,6 +833,8 @@ impl Sim {
             );
         }
         let issued = self.unix_ms(now);
+        // Two answers in the same millisecond still sign different URLs.
+        let serial = task.queries;
         // Whole seconds, rounded up: the URL lives at least url_ttl.
         let expires = (issued + self.config.url_ttl.as_millis() as u64).div_ceil(1000);
         let subs: Vec<SubState> = (0..task.sub_done.len())
@@ -849,9 +851,9 @@ impl Sim {
             .map(|(i, s)| {
                 let images = if s.status == TaskStatus::Success {
                     let path = format!("/img/{}/{i}.png", task.id);
-                    let sign = self.sign(&path, issued, expires);
+                    let sign = self.sign(&path, issued, serial, expires);
                     vec![json!({
-                        "img_url": format!("http://{host}{path}?issued={issued}&expires={expires}&sign={sign}"),
+                        "img_url": format!("http://{host}{path}?issued={issued}&serial={serial}&expires={expires}&sign={sign}"),
                         "width": task.size.width,
                         "height": task.size.height,
                         "img_approve_conclusion": task.verdicts[i].as_str(),
@@ -890,12 +892,14 @@ impl Sim {
         }
     }
 
-    fn sign(&self, path: &str, issued: u64, expires: u64) -> String {
+    fn sign(&self, path: &str, issued: u64, serial: u64, expires: u64) -> String {
         let digest = Sha256::new()
             .chain_update(self.sign_key)
             .chain_update(path.as_bytes())
             .chain_update(b"|")
             .chain_update(issued.to_string().as_bytes())
+            .chain_update(b"|")
+            .chain_update(serial.to_string().as_bytes())
             .chain_update(b"|")
             .chain_update(expires.to_string().as_bytes())
             .finalize();
@@ -918,13 +922,16 @@ impl Sim {
         };
         let path = format!("/img/{task}/{file}");
         let num = |k: &str| params.get(k).and_then(|v| v.parse::<u64>().ok());
-        let (Some(issued), Some(expires), Some(sign)) =
-            (num("issued"), num("expires"), params.get("sign"))
-        else {
+        let (Some(issued), Some(serial), Some(expires), Some(sign)) = (
+            num("issued"),
+            num("serial"),
+            num("expires"),
+            params.get("sign"),
+        ) else {
             st.stats.bad_signature_hits += 1;
             return Err(denied("Missing signature"));
         };
-        if *sign != self.sign(&path, issued, expires) {
+        if *sign != self.sign(&path, issued, serial, expires) {
             st.stats.bad_signature_hits += 1;
             return Err(denied("The request signature does not match"));
         }
