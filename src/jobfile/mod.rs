@@ -194,8 +194,16 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<JobFile, JobFileError> {
     };
     let batch = spec.batch.clone().unwrap_or_default();
     // An invalid default would show up again in every entry that uses it.
-    let items = if spec.defaults_valid {
-        expand::expand(&batch, &spec.defaults, &spec.entries, &limits, &mut diags)
+    let items = if spec.sizes_checkable {
+        let build = spec.defaults_valid;
+        expand::expand(
+            &batch,
+            &spec.defaults,
+            &spec.entries,
+            &limits,
+            build,
+            &mut diags,
+        )
     } else {
         Vec::new()
     };
@@ -328,6 +336,7 @@ fn read_prompts_file(
         if let Some(prompt) = validate::check_prompt(diags, opts.strict, raw, at) {
             entries.push(Entry {
                 pos: at,
+                valid: true,
                 text: EntryText::Prompt(prompt),
                 settings: Settings::default(),
             });

@@ -53,6 +53,9 @@ pub(crate) struct Var {
 pub(crate) struct Entry {
     /// Where the entry starts.
     pub pos: Pos,
+    /// False when one of its settings was invalid: its sizes are still checked against its
+    /// version, but it is not expanded.
+    pub valid: bool,
     /// The prompt or template.
     pub text: EntryText,
     /// The entry's own settings.
@@ -69,6 +72,9 @@ pub(crate) struct Spec {
     /// False when a top-level setting was invalid: then nothing is expanded, to avoid reporting
     /// the same mistake again for every entry.
     pub defaults_valid: bool,
+    /// False when the top-level version or every top-level size was invalid: then sizes are not
+    /// checked against versions either.
+    pub sizes_checkable: bool,
     /// `archive.review`, when given.
     pub archive_review: Option<super::Keep>,
     /// `archive.block`, when given.
@@ -79,6 +85,6 @@ pub(crate) struct Spec {
     pub prompts_pos: Option<Pos>,
     /// `prompts_file` as written, and where.
     pub prompts_file: Option<(String, Pos)>,
-    /// The valid entries, in file order.
+    /// The entries whose prompt or template is valid, in file order.
     pub entries: Vec<Entry>,
 }

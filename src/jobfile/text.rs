@@ -40,50 +40,70 @@ fn is_latin_letter(c: char) -> bool {
         || (('\u{00C0}'..='\u{024F}').contains(&c) && c.is_alphabetic())
 }
 
-/// Most distinct characters quoted in one message.
-const MAX_SHOWN: usize = 12;
+/// Most runs of unusual characters quoted in one message, per kind.
+const MAX_SHOWN: usize = 5;
 
 /// Describes the characters of `text` outside the everyday set, for a warning; `None` when
-/// there are none. Each character is shown once, in order of appearance.
+/// there are none. They are shown as the runs they form (`city`, `at`, `night`), each once,
+/// in order of appearance; a run with a Latin letter counts as Latin, others as symbols.
 pub fn unusual_chars(text: &str) -> Option<String> {
-    let mut latin: Vec<char> = Vec::new();
-    let mut other: Vec<char> = Vec::new();
-    for c in text.chars().filter(|&c| !is_everyday(c)) {
-        let list = if is_latin_letter(c) {
+    let mut latin: Vec<String> = Vec::new();
+    let mut symbols: Vec<String> = Vec::new();
+    let mut run = String::new();
+    let mut flush = |run: &mut String| {
+        if run.is_empty() {
+            return;
+        }
+        let list = if run.chars().any(is_latin_letter) {
             &mut latin
         } else {
-            &mut other
+            &mut symbols
         };
-        if !list.contains(&c) {
-            list.push(c);
+        if !list.contains(run) {
+            list.push(std::mem::take(run));
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if is_everyday(c) {
+            flush(&mut run);
+        } else {
+            run.push(c);
         }
     }
+    flush(&mut run);
     let mut parts = Vec::new();
     if !latin.is_empty() {
-        parts.push(format!("Latin letters {}", show(&latin)));
+        parts.push(format!("Latin letters ({})", show(&latin)));
     }
-    if !other.is_empty() {
-        parts.push(format!("symbols {}", show(&other)));
+    if !symbols.is_empty() {
+        parts.push(format!("symbols ({})", show(&symbols)));
     }
     (!parts.is_empty()).then(|| parts.join(" and "))
 }
 
-/// Shows characters between backticks; invisible ones as `U+XXXX`.
-fn show(chars: &[char]) -> String {
-    let mut out = String::from("`");
-    for (i, &c) in chars.iter().enumerate() {
-        if i == MAX_SHOWN {
-            out.push('…');
-            break;
-        }
-        if c.is_control() || c == '`' || is_invisible(c) {
-            out.push_str(&format!("<U+{:04X}>", u32::from(c)));
-        } else {
-            out.push(c);
-        }
+/// Shows runs between backticks, invisible characters as `<U+XXXX>`.
+fn show(runs: &[String]) -> String {
+    let mut shown: Vec<String> = runs
+        .iter()
+        .take(MAX_SHOWN)
+        .map(|run| {
+            let mut out = String::from("`");
+            for c in run.chars() {
+                if c.is_control() || c == '`' || is_invisible(c) {
+                    out.push_str(&format!("<U+{:04X}>", u32::from(c)));
+                } else {
+                    out.push(c);
+                }
+            }
+            out.push('`');
+            out
+        })
+        .collect();
+    if runs.len() > MAX_SHOWN {
+        shown.push("…".to_owned());
     }
-    out.push('`');
-    out
+    shown.join(", ")
 }
 
 /// Format characters that print as nothing (zero-width space and joiners, BOM, direction marks).
@@ -124,23 +144,27 @@ mod tests {
     fn latin_letters_and_symbols_are_named_once_each_in_order() {
         assert_eq!(
             unusual_chars("猫cat在#草原@奔跑#a"),
-            Some("Latin letters `cat` and symbols `#@`".into())
+            Some("Latin letters (`cat`, `a`) and symbols (`#`, `@`)".into())
         );
         assert_eq!(
-            unusual_chars("ＡＩ绘画é"),
-            Some("Latin letters `ＡＩé`".into())
+            unusual_chars("city at night"),
+            Some("Latin letters (`city`, `at`, `night`)".into())
+        );
+        assert_eq!(
+            unusual_chars("ＡＩ绘画，é"),
+            Some("Latin letters (`ＡＩ`, `é`)".into())
         );
         assert_eq!(
             unusual_chars("猫\u{200B}狗"),
-            Some("symbols `<U+200B>`".into())
+            Some("symbols (`<U+200B>`)".into())
         );
-        assert_eq!(unusual_chars("猫😀"), Some("symbols `😀`".into()));
+        assert_eq!(unusual_chars("猫😀"), Some("symbols (`😀`)".into()));
     }
 
     #[test]
     fn long_lists_are_cut() {
-        let s = unusual_chars("abcdefghijklmnopqrstuvwxyz").unwrap();
-        assert_eq!(s, "Latin letters `abcdefghijkl…`");
+        let s = unusual_chars("a b c d e f g").unwrap();
+        assert_eq!(s, "Latin letters (`a`, `b`, `c`, `d`, `e`, …)");
     }
 
     #[test]

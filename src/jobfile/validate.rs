@@ -75,6 +75,7 @@ impl Checker<'_> {
     fn document(&mut self, root: &Node) -> Spec {
         let mut spec = Spec {
             defaults_valid: true,
+            sizes_checkable: true,
             ..Spec::default()
         };
         let Value::Map(entries) = &root.value else {
@@ -122,8 +123,17 @@ impl Checker<'_> {
             };
             // Invalid prompts are reported where they are; an invalid default would be reported
             // again for every entry that uses it, so nothing is expanded then.
-            if ok.is_err() && key != "prompts" {
+            let is_default = matches!(
+                key,
+                "version" | "image_num" | "sizes" | "repeat" | "tags" | "max_items"
+            );
+            if ok.is_err() && is_default {
                 spec.defaults_valid = false;
+            }
+            if ok.is_err()
+                && (key == "version" || (key == "sizes" && spec.defaults.sizes.is_none()))
+            {
+                spec.sizes_checkable = false;
             }
         }
         if let Some(v) = prompts_node {
@@ -298,7 +308,13 @@ impl Checker<'_> {
                 Err(()) => ok = false,
             }
         }
-        if ok { Ok(out) } else { Err(()) }
+        // The valid sizes are still checked against the version, so that one bad size does not
+        // hide another problem; the error already recorded fails the load.
+        if ok || !out.is_empty() {
+            Ok(out)
+        } else {
+            Err(())
+        }
     }
 
     fn size(&mut self, v: &Node) -> Checked<Size> {
@@ -432,7 +448,7 @@ impl Checker<'_> {
                 continue;
             }
             let hint = Some("write `keep` or `skip`".to_owned());
-            let Ok(s) = self.string(val, key, hint.clone()) else {
+            let Ok(s) = self.string(val, &format!("archive.{key}"), hint.clone()) else {
                 ok = false;
                 continue;
             };
@@ -482,6 +498,7 @@ impl Checker<'_> {
             let entry = match &item.value {
                 Value::Str(s) => self.prompt(s, pos(item)).map(|p| Entry {
                     pos: pos(item),
+                    valid: true,
                     text: EntryText::Prompt(p),
                     settings: Settings::default(),
                 }),
@@ -491,11 +508,7 @@ impl Checker<'_> {
                     None
                 }
                 _ => {
-                    let hint =
-                        matches!(item.value, Value::Int(_) | Value::Float(_) | Value::Bool(_))
-                            .then(|| {
-                                "quote a prompt that looks like a number: `- \"2024\"`".to_owned()
-                            });
+                    let hint = quote_hint(item);
                     self.error(
                         pos(item),
                         format!(
@@ -518,6 +531,7 @@ impl Checker<'_> {
             return None;
         };
         let mut ok = true;
+        let mut version_failed = false;
         let mut settings = Settings::default();
         let mut prompt: Option<(&Node, &str)> = None;
         let mut template: Option<(&Node, &str)> = None;
@@ -540,7 +554,11 @@ impl Checker<'_> {
                 }
                 "sizes" => self.sizes(v).map(|s| settings.sizes = Some(s)),
                 "image_num" => self.image_num(v).map(|n| settings.image_num = Some(n)),
-                "version" => self.version(v).map(|x| settings.version = Some(x)),
+                "version" => {
+                    let checked = self.version(v).map(|x| settings.version = Some(x));
+                    version_failed = checked.is_err();
+                    checked
+                }
                 "repeat" => self.repeat(v).map(|r| settings.repeat = Some(r)),
                 "tags" => self.tags(v).map(|t| settings.tags = t),
                 other => {
@@ -575,15 +593,17 @@ impl Checker<'_> {
                         .contains('{')
                         .then(|| "did you mean `template:` instead of `prompt:`?".to_owned());
                     self.error(pos(vk), "`vars` only fill a `template`", hint);
-                    ok = false;
+                    return None;
                 }
                 self.prompt(s, pos(p)).map(EntryText::Prompt)
             }
             (None, Some((t, s))) => self.template(t, s, vars),
         };
+        // With its own version unknown, its sizes cannot be checked either.
         match text {
-            Some(text) if ok => Some(Entry {
+            Some(text) if !version_failed => Some(Entry {
                 pos: pos(node),
+                valid: ok,
                 text,
                 settings,
             }),
@@ -611,6 +631,7 @@ impl Checker<'_> {
         let mut vars_out: Vec<Var> = Vec::new();
         // Every var named, valid values or not, so one mistake is not reported twice.
         let mut declared: Vec<(&str, Pos)> = Vec::new();
+        let mut vars_broken = false;
         if let Some((_, vv)) = vars {
             match &vv.value {
                 Value::Map(pairs) => {
@@ -648,6 +669,7 @@ impl Checker<'_> {
                         None,
                     );
                     ok = false;
+                    vars_broken = true;
                 }
             }
         }
@@ -662,7 +684,7 @@ impl Checker<'_> {
         }
         let names: Vec<&str> = declared.iter().map(|d| d.0).collect();
         for name in &placeholders {
-            if !names.contains(name) {
+            if !names.contains(name) && !vars_broken {
                 let hint = match suggest(name, &names) {
                     Some(best) => format!("did you mean `{{{best}}}`?"),
                     None => format!("add its values: `vars: {{{name}: [...]}}`"),
@@ -762,8 +784,8 @@ impl Checker<'_> {
                     api::MAX_PROMPT_CHARS
                 ),
                 Some(format!(
-                    "shorten it by {} characters (characters count, not bytes)",
-                    len - api::MAX_PROMPT_CHARS
+                    "shorten it by {} (characters count, not bytes)",
+                    plural(len - api::MAX_PROMPT_CHARS, "character")
                 )),
             );
             return None;
@@ -804,10 +826,11 @@ impl Checker<'_> {
             }
             _ => {
                 let hint = match &v.value {
-                    Value::Str(s) if s.trim().parse::<i128>().is_ok() => {
-                        format!("write the number without quotes: `{what}: {}`", s.trim())
-                    }
-                    _ => why.to_owned(),
+                    Value::Str(s) if s.trim().parse::<i128>().is_ok() => Some(format!(
+                        "write the number without quotes: `{what}: {}`",
+                        s.trim()
+                    )),
+                    _ => None,
                 };
                 self.error(
                     pos(v),
@@ -815,7 +838,7 @@ impl Checker<'_> {
                         "`{what}` must be a whole number from {lo} to {hi}, found {}",
                         kind(v)
                     ),
-                    Some(hint),
+                    hint,
                 );
                 Err(())
             }
@@ -847,6 +870,15 @@ pub(crate) fn report_chars(diags: &mut Diags, strict: bool, text: &str, at: Pos,
     );
 }
 
+/// `1 character`, `2 characters`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn quote_hint(v: &Node) -> Option<String> {
     matches!(v.value, Value::Int(_) | Value::Float(_) | Value::Bool(_))
         .then(|| "quote text that looks like a number or true/false: \"2024\"".to_owned())
@@ -861,7 +893,8 @@ fn kind(n: &Node) -> &'static str {
     match n.value {
         Value::Null => "nothing",
         Value::Bool(_) => "true/false",
-        Value::Int(_) | Value::Float(_) => "a number",
+        Value::Int(_) => "a number",
+        Value::Float(_) => "a decimal number",
         Value::Str(_) => "text",
         Value::Seq(_) => "a list",
         Value::Map(_) => "a mapping",
