@@ -28,6 +28,8 @@ mod model;
 pub mod plan;
 mod source;
 mod template;
+#[cfg(test)]
+mod tests;
 mod text;
 mod validate;
 mod yaml;
