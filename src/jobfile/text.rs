@@ -44,34 +44,37 @@ fn is_latin_letter(c: char) -> bool {
 const MAX_SHOWN: usize = 5;
 
 /// Describes the characters of `text` outside the everyday set, for a warning; `None` when
-/// there are none. They are shown as the runs they form (`city`, `at`, `night`), each once,
-/// in order of appearance; a run with a Latin letter counts as Latin, others as symbols.
+/// there are none. They are shown as the runs they form (`city`, `at`, `night`), each once, in
+/// order of appearance: runs of Latin letters, and runs of other characters ("symbols").
 pub fn unusual_chars(text: &str) -> Option<String> {
     let mut latin: Vec<String> = Vec::new();
     let mut symbols: Vec<String> = Vec::new();
+    // The run being read, and whether it is of Latin letters.
     let mut run = String::new();
-    let mut flush = |run: &mut String| {
+    let mut run_is_latin = false;
+    let mut flush = |run: &mut String, is_latin: bool| {
         if run.is_empty() {
             return;
         }
-        let list = if run.chars().any(is_latin_letter) {
-            &mut latin
-        } else {
-            &mut symbols
-        };
+        let list = if is_latin { &mut latin } else { &mut symbols };
         if !list.contains(run) {
-            list.push(std::mem::take(run));
+            list.push(run.clone());
         }
         run.clear();
     };
     for c in text.chars() {
         if is_everyday(c) {
-            flush(&mut run);
-        } else {
-            run.push(c);
+            flush(&mut run, run_is_latin);
+            continue;
         }
+        let is_latin = is_latin_letter(c);
+        if is_latin != run_is_latin {
+            flush(&mut run, run_is_latin);
+            run_is_latin = is_latin;
+        }
+        run.push(c);
     }
-    flush(&mut run);
+    flush(&mut run, run_is_latin);
     let mut parts = Vec::new();
     if !latin.is_empty() {
         parts.push(format!("Latin letters ({})", show(&latin)));
@@ -159,6 +162,10 @@ mod tests {
             Some("symbols (`<U+200B>`)".into())
         );
         assert_eq!(unusual_chars("猫😀"), Some("symbols (`😀`)".into()));
+        assert_eq!(
+            unusual_chars("C++编程"),
+            Some("Latin letters (`C`) and symbols (`++`)".into())
+        );
     }
 
     #[test]
