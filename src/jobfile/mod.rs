@@ -190,9 +190,14 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<JobFile, JobFileError> {
             diagnostics: diags.finish(),
         });
     };
+    // Where to report the job as a whole: its prompts.
+    let prompts_pos = spec
+        .prompts_pos
+        .or(spec.prompts_file.as_ref().map(|f| f.1))
+        .unwrap_or(Pos::START);
     let limits = expand::Limits {
         max_items: spec.max_items,
-        count_pos: spec.prompts_pos.unwrap_or(Pos::START),
+        count_pos: prompts_pos,
     };
     let batch = spec.batch.clone().unwrap_or_default();
     // An invalid default would show up again in every entry that uses it.
@@ -211,7 +216,7 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<JobFile, JobFileError> {
     };
     if items.is_empty() && !diags.has_errors() {
         diags.error(
-            spec.prompts_pos.unwrap_or(Pos::START),
+            prompts_pos,
             "the job file has no prompts",
             Some("add entries to `prompts:`, or lines to the prompts file".into()),
         );
@@ -253,7 +258,7 @@ fn read_spec(path: &Path, opts: &LoadOptions, diags: &mut Diags) -> Option<model
     let root = match yaml::parse(&text) {
         Ok(root) => root,
         Err(e) => {
-            let hint = e.over_budget.then(|| {
+            let budget_hint = e.over_budget.then(|| {
                 format!(
                     "job files are limited to {} YAML nodes, {} levels of nesting and {} nodes repeated through aliases (`*name`)",
                     yaml::MAX_NODES,
@@ -266,7 +271,7 @@ fn read_spec(path: &Path, opts: &LoadOptions, diags: &mut Diags) -> Option<model
             } else {
                 format!("YAML: {}", e.message)
             };
-            diags.error(Pos::job(e.line, e.col), message, hint);
+            diags.error(Pos::job(e.line, e.col), message, e.hint.or(budget_hint));
             return None;
         }
     };

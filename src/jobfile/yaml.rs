@@ -142,6 +142,8 @@ pub struct YamlError {
     /// Whether the document was refused by the parser budget (too large, too deep, alias bomb)
     /// rather than for its syntax.
     pub over_budget: bool,
+    /// How to fix it, when the parser's message does not say.
+    pub hint: Option<String>,
 }
 
 /// Parses one YAML document into a [`Node`] tree, under a budget that refuses oversized
@@ -157,7 +159,6 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     budget.max_aliases = MAX_ALIASES;
     budget.max_anchors = MAX_ALIASES;
     budget.max_depth = MAX_DEPTH;
-    budget.max_documents = 1;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.strict_booleans = true;
@@ -192,11 +193,14 @@ fn to_yaml_error(err: &serde_saphyr::Error) -> YamlError {
             | Error::AliasExpansionLimitExceeded { .. }
             | Error::AliasReplayStackDepthExceeded { .. }
     );
+    let hint = matches!(inner, Error::MultipleDocuments { .. })
+        .then(|| "a job file is one YAML document: remove the `---` line".to_owned());
     YamlError {
         line,
         col,
         message: UserMessageFormatter.format_message(err).into_owned(),
         over_budget,
+        hint,
     }
 }
 
@@ -300,6 +304,9 @@ mod tests {
 
     #[test]
     fn several_documents_are_refused() {
-        assert!(parse("a: 1\n---\nb: 2\n").is_err());
+        let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(!e.over_budget);
+        assert_eq!(e.line, 3);
+        assert!(e.hint.is_some());
     }
 }
