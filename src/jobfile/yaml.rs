@@ -195,13 +195,43 @@ fn to_yaml_error(err: &serde_saphyr::Error) -> YamlError {
     );
     let hint = matches!(inner, Error::MultipleDocuments { .. })
         .then(|| "a job file is one YAML document: remove the `---` line".to_owned());
+    let message = budget_message(inner)
+        .unwrap_or_else(|| UserMessageFormatter.format_message(err).into_owned());
     YamlError {
         line,
         col,
-        message: UserMessageFormatter.format_message(err).into_owned(),
+        message,
         over_budget,
         hint,
     }
+}
+
+/// Says in words which part of the budget a document broke.
+fn budget_message(err: &serde_saphyr::Error) -> Option<String> {
+    use serde_saphyr::Error;
+    use serde_saphyr::budget::BudgetBreach;
+    let alias_bomb =
+        || format!("aliases (`*name`) repeat more than {MAX_ALIAS_REPLAY} nodes (an alias bomb?)");
+    Some(match err {
+        Error::Budget { breach, .. } => match breach {
+            BudgetBreach::Depth { .. } => format!("nesting deeper than {MAX_DEPTH} levels"),
+            BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => {
+                format!("more than {MAX_NODES} YAML nodes")
+            }
+            BudgetBreach::Aliases { .. } => format!("more than {MAX_ALIASES} aliases"),
+            BudgetBreach::Anchors { .. } => format!("more than {MAX_ALIASES} anchors"),
+            BudgetBreach::AliasAnchorRatio { .. } => {
+                "far more aliases than anchors (an alias bomb?)".to_owned()
+            }
+            BudgetBreach::ScalarBytes { .. } => "more than 64 MiB of text".to_owned(),
+            _ => return None,
+        },
+        Error::AliasReplayCounterOverflow { .. }
+        | Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasExpansionLimitExceeded { .. }
+        | Error::AliasReplayStackDepthExceeded { .. } => alias_bomb(),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
