@@ -55,13 +55,21 @@ fn main() {
             .args(["--runs", &runs.to_string()])
             .output()
             .expect("run child");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let line = String::from_utf8_lossy(&out.stdout);
         println!("| {what} | {name}.yaml | {}", line.trim());
     }
     println!(
         "\n{runs} runs per case; files in {}",
-        if kept.is_some() { dir.display().to_string() } else { "a temp dir".into() }
+        if kept.is_some() {
+            dir.display().to_string()
+        } else {
+            "a temp dir".into()
+        }
     );
 }
 
@@ -147,7 +155,8 @@ fn generate(dir: &Path) {
     )
     .expect("write");
 
-    let mut inline = format!("batch: bench-inline\nmax_items: {ITEMS}\nsizes: [512x512]\nprompts:\n");
+    let mut inline =
+        format!("batch: bench-inline\nmax_items: {ITEMS}\nsizes: [512x512]\nprompts:\n");
     for i in 0..ITEMS {
         inline.push_str("  - ");
         inline.push_str(&prompt(i));

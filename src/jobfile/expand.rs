@@ -28,7 +28,8 @@ impl Resolved<'_> {
     fn count(&self) -> u64 {
         let combos = match &self.entry.text {
             EntryText::Prompt(_) => 1,
-            EntryText::Template { vars, .. } => vars
+            EntryText::Template(t) => t
+                .vars
                 .iter()
                 .fold(1u64, |n, v| n.saturating_mul(v.values.len() as u64)),
         };
@@ -104,7 +105,7 @@ pub(crate) fn expand(
 
 /// Resolves an entry's settings and checks its sizes against its version.
 fn resolve<'a>(entry: &'a Entry, defaults: &Settings, diags: &mut Diags) -> Option<Resolved<'a>> {
-    let own = &entry.settings;
+    let own = entry.settings();
     let (version, version_pos, version_own) = match (own.version, defaults.version) {
         (Some((v, p)), _) => (v, Some(p), true),
         (None, Some((v, p))) => (v, Some(p), false),
@@ -218,11 +219,8 @@ fn expand_entry(
     };
     match &entry.text {
         EntryText::Prompt(p) => push(p, &BTreeMap::new(), None),
-        EntryText::Template {
-            source,
-            segments,
-            vars,
-        } => {
+        EntryText::Template(t) => {
+            let (source, segments, vars) = (&t.source, &t.segments, &t.vars);
             let mut too_long = TooLong::default();
             let mut empty: Option<String> = None;
             let mut made = 0u64;

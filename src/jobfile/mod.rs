@@ -38,7 +38,7 @@ pub use diag::{Diagnostic, JobFileError, Severity};
 pub use key::item_key;
 
 use diag::{Diags, Pos};
-use model::{Entry, EntryText, Settings};
+use model::Entry;
 
 /// `max_items` when the job file does not set it.
 pub const DEFAULT_MAX_ITEMS: u64 = 10_000;
@@ -284,8 +284,8 @@ fn read_spec(path: &Path, opts: &LoadOptions, diags: &mut Diags) -> Option<model
         );
         return None;
     }
-    let mut spec = validate::check_document(&root, diags, opts.strict);
-    drop(root);
+    // The tree is handed over: prompts move into the entries instead of being copied.
+    let mut spec = validate::check_document(root, diags, opts.strict);
     if let Some((name, at)) = spec.prompts_file.clone() {
         let full = path.parent().unwrap_or(Path::new("")).join(&name);
         diags.set_prompts_path(full.clone());
@@ -341,12 +341,7 @@ fn read_prompts_file(
         lines += 1;
         let at = Pos::prompts_line(line);
         if let Some(prompt) = validate::check_prompt(diags, opts.strict, raw, at) {
-            entries.push(Entry {
-                pos: at,
-                valid: true,
-                text: EntryText::Prompt(prompt),
-                settings: Settings::default(),
-            });
+            entries.push(Entry::plain(at, prompt));
         }
     }
     if lines == 0 {

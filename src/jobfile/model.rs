@@ -28,15 +28,20 @@ pub(crate) struct Settings {
 pub(crate) enum EntryText {
     /// One prompt, already trimmed.
     Prompt(String),
-    /// A template and the values of its placeholders.
-    Template {
-        /// The template as written.
-        source: String,
-        /// The template split into text and placeholders.
-        segments: Vec<Segment>,
-        /// The vars in the order written; the product runs with the first one outermost.
-        vars: Vec<Var>,
-    },
+    /// A template and the values of its placeholders (boxed: most entries are plain prompts,
+    /// and a 1,000,000-entry job should not pay for the largest variant in each).
+    Template(Box<Template>),
+}
+
+/// A checked template.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    /// The template as written.
+    pub source: String,
+    /// The template split into text and placeholders.
+    pub segments: Vec<Segment>,
+    /// The vars in the order written; the product runs with the first one outermost.
+    pub vars: Vec<Var>,
 }
 
 /// One template variable.
@@ -58,8 +63,35 @@ pub(crate) struct Entry {
     pub valid: bool,
     /// The prompt or template.
     pub text: EntryText,
+    /// The entry's own settings; `None` for a plain prompt, which has none (boxed for the same
+    /// reason as templates).
+    pub settings: Option<Box<Settings>>,
+}
+
+/// The settings of an entry that sets nothing.
+static NO_SETTINGS: Settings = Settings {
+    version: None,
+    sizes: None,
+    image_num: None,
+    repeat: None,
+    tags: BTreeMap::new(),
+};
+
+impl Entry {
+    /// A plain prompt with no settings of its own.
+    pub fn plain(pos: Pos, prompt: String) -> Entry {
+        Entry {
+            pos,
+            valid: true,
+            text: EntryText::Prompt(prompt),
+            settings: None,
+        }
+    }
+
     /// The entry's own settings.
-    pub settings: Settings,
+    pub fn settings(&self) -> &Settings {
+        self.settings.as_deref().unwrap_or(&NO_SETTINGS)
+    }
 }
 
 /// A job file after its keys and values were checked.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::diag::{Diags, Pos, Severity};
-use super::model::{Entry, EntryText, Settings, Spec, Var};
+use super::model::{Entry, EntryText, Settings, Spec, Template, Var};
 use super::template::{self, Segment};
 use super::text;
 use super::yaml::{Node, Value};
@@ -48,7 +48,7 @@ pub const SIZE_KEYS: &[&str] = &["width", "height"];
 pub const MAX_BATCH_LEN: usize = 64;
 
 /// Checks a whole job file.
-pub(crate) fn check_document(root: &Node, diags: &mut Diags, strict: bool) -> Spec {
+pub(crate) fn check_document(root: Node, diags: &mut Diags, strict: bool) -> Spec {
     let mut c = Checker { diags, strict };
     c.document(root)
 }
@@ -56,7 +56,9 @@ pub(crate) fn check_document(root: &Node, diags: &mut Diags, strict: bool) -> Sp
 /// Checks one prompt (from the YAML or a prompts-file line) and returns it trimmed, or `None`
 /// when it cannot be submitted.
 pub(crate) fn check_prompt(diags: &mut Diags, strict: bool, raw: &str, at: Pos) -> Option<String> {
-    Checker { diags, strict }.prompt(raw, at)
+    Checker { diags, strict }
+        .prompt_ok(raw, at)
+        .then(|| text::normalize(raw).to_owned())
 }
 
 struct Checker<'d> {
@@ -72,27 +74,37 @@ impl Checker<'_> {
         self.diags.error(at, message, hint);
     }
 
-    fn document(&mut self, root: &Node) -> Spec {
+    fn document(&mut self, root: Node) -> Spec {
         let mut spec = Spec {
             defaults_valid: true,
             sizes_checkable: true,
             ..Spec::default()
         };
-        let Value::Map(entries) = &root.value else {
+        let at = pos(&root);
+        let found = kind(&root);
+        let Value::Map(entries) = root.value else {
             self.error(
-                pos(root),
+                at,
                 format!(
-                    "a job file is a mapping of keys like `batch:` and `prompts:`, found {}",
-                    kind(root)
+                    "a job file is a mapping of keys like `batch:` and `prompts:`, found {found}"
                 ),
                 None,
             );
             return spec;
         };
         let mut saw_batch = false;
-        let mut prompts_node = None;
+        let mut saw_prompts = false;
         for (k, v) in entries {
-            let Some(key) = self.key(k) else { continue };
+            let Some(key) = self.key(&k) else { continue };
+            if key == "prompts" {
+                spec.prompts_pos = Some(pos(&k));
+                saw_prompts = true;
+                // Entries are checked in file order with the other keys; their settings are
+                // resolved against the defaults only when expanding.
+                spec.entries = self.prompts(v);
+                continue;
+            }
+            let (k, v) = (&k, &v);
             let ok = match key {
                 "batch" => {
                     saw_batch = true;
@@ -111,11 +123,6 @@ impl Checker<'_> {
                 "prompts_file" => self
                     .prompts_file(v)
                     .map(|f| spec.prompts_file = Some((f, pos(v)))),
-                "prompts" => {
-                    spec.prompts_pos = Some(pos(k));
-                    prompts_node = Some(v);
-                    Ok(())
-                }
                 other => {
                     self.unknown_key(k, other, TOP_KEYS, ENTRY_KEYS, "only inside a prompt entry");
                     Ok(())
@@ -136,9 +143,6 @@ impl Checker<'_> {
                 spec.sizes_checkable = false;
             }
         }
-        if let Some(v) = prompts_node {
-            spec.entries = self.prompts(v);
-        }
         if !saw_batch {
             self.error(
                 Pos::START,
@@ -146,7 +150,7 @@ impl Checker<'_> {
                 Some("add a line like `batch: spring-catalog` (it names folders on disk)".into()),
             );
         }
-        if prompts_node.is_none() && spec.prompts_file.is_none() {
+        if !saw_prompts && spec.prompts_file.is_none() {
             self.error(
                 Pos::START,
                 "no prompts: the job file has neither `prompts` nor `prompts_file`",
@@ -481,27 +485,26 @@ impl Checker<'_> {
         Ok(s.to_owned())
     }
 
-    fn prompts(&mut self, v: &Node) -> Vec<Entry> {
-        let Value::Seq(list) = &v.value else {
+    /// The entries of `prompts`; plain prompts move out of the tree instead of being copied.
+    fn prompts(&mut self, v: Node) -> Vec<Entry> {
+        let at = pos(&v);
+        let found = kind(&v);
+        let Value::Seq(list) = v.value else {
             let hint = matches!(v.value, Value::Str(_)).then(|| {
                 "write a list: `prompts: [一只猫]`, or one `- prompt` per line".to_owned()
             });
-            self.error(
-                pos(v),
-                format!("`prompts` must be a list, found {}", kind(v)),
-                hint,
-            );
+            self.error(at, format!("`prompts` must be a list, found {found}"), hint);
             return Vec::new();
         };
         let mut out = Vec::with_capacity(list.len());
         for item in list {
+            let at = pos(&item);
+            if let Value::Str(s) = item.value {
+                out.extend(self.prompt_owned(s, at).map(|p| Entry::plain(at, p)));
+                continue;
+            }
+            let item = &item;
             let entry = match &item.value {
-                Value::Str(s) => self.prompt(s, pos(item)).map(|p| Entry {
-                    pos: pos(item),
-                    valid: true,
-                    text: EntryText::Prompt(p),
-                    settings: Settings::default(),
-                }),
                 Value::Map(_) => self.entry(item),
                 Value::Null => {
                     self.error(pos(item), "empty prompt entry", None);
@@ -605,7 +608,7 @@ impl Checker<'_> {
                 pos: pos(node),
                 valid: ok,
                 text,
-                settings,
+                settings: Some(Box::new(settings)),
             }),
             _ => None,
         }
@@ -719,10 +722,12 @@ impl Checker<'_> {
             self.error(at, "template is empty", None);
             ok = false;
         }
-        ok.then(|| EntryText::Template {
-            source: source.to_owned(),
-            segments,
-            vars: vars_out,
+        ok.then(|| {
+            EntryText::Template(Box::new(Template {
+                source: source.to_owned(),
+                segments,
+                vars: vars_out,
+            }))
         })
     }
 
@@ -770,10 +775,29 @@ impl Checker<'_> {
 
     /// Checks one prompt; returns it trimmed unless it is empty or too long.
     fn prompt(&mut self, raw: &str, at: Pos) -> Option<String> {
+        self.prompt_ok(raw, at)
+            .then(|| text::normalize(raw).to_owned())
+    }
+
+    /// [`Self::prompt`] for a prompt the caller owns: kept as is when already trimmed.
+    fn prompt_owned(&mut self, raw: String, at: Pos) -> Option<String> {
+        if !self.prompt_ok(&raw, at) {
+            return None;
+        }
+        let trimmed = text::normalize(&raw);
+        if trimmed.len() == raw.len() {
+            Some(raw)
+        } else {
+            Some(trimmed.to_owned())
+        }
+    }
+
+    /// Checks one prompt: false when it is empty or too long.
+    fn prompt_ok(&mut self, raw: &str, at: Pos) -> bool {
         let p = text::normalize(raw);
         if p.is_empty() {
             self.error(at, "prompt is empty", None);
-            return None;
+            return false;
         }
         let len = text::char_len(p);
         if len > api::MAX_PROMPT_CHARS {
@@ -788,10 +812,10 @@ impl Checker<'_> {
                     plural(len - api::MAX_PROMPT_CHARS, "character")
                 )),
             );
-            return None;
+            return false;
         }
         self.chars(p, at, "prompt");
-        Some(p.to_owned())
+        true
     }
 
     /// Warns (errs with `--strict`) about characters outside the everyday set.
