@@ -126,7 +126,7 @@ fn write_table(out: &mut impl Write, job: &JobFile, shown: usize) -> std::io::Re
             out,
             "{:>6}  {:<12}  {:<3}  {:<9}  {:>2}  {:>4}  {}{tags}",
             i + 1,
-            &item.key[..12],
+            item.key.get(..12).unwrap_or(&item.key),
             item.version.as_str(),
             item.size.to_string(),
             item.image_num,

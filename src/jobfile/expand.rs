@@ -28,7 +28,8 @@ impl Resolved<'_> {
     fn count(&self) -> u64 {
         let combos = match &self.entry.text {
             EntryText::Prompt(_) => 1,
-            EntryText::Template { vars, .. } => vars
+            EntryText::Template(t) => t
+                .vars
                 .iter()
                 .fold(1u64, |n, v| n.saturating_mul(v.values.len() as u64)),
         };
@@ -46,7 +47,8 @@ pub(crate) struct Limits {
     pub count_pos: Pos,
 }
 
-/// Expands the entries to items. Reports sizes the version does not allow, a job over
+/// Expands the entries to items (when `build`; otherwise only checks sizes against versions).
+/// Reports sizes the version does not allow, a job over
 /// `max_items` (counted first, so a huge product is refused without being built), prompts that
 /// templates make too long or empty, and duplicates (a warning; the first one is kept).
 pub(crate) fn expand(
@@ -54,12 +56,18 @@ pub(crate) fn expand(
     defaults: &Settings,
     entries: &[Entry],
     limits: &Limits,
+    build: bool,
     diags: &mut Diags,
 ) -> Vec<Item> {
+    // Every entry's sizes are checked; only valid entries are counted and built.
     let resolved: Vec<Resolved<'_>> = entries
         .iter()
         .filter_map(|e| resolve(e, defaults, diags))
+        .filter(|r| r.entry.valid)
         .collect();
+    if !build {
+        return Vec::new();
+    }
     let total = resolved
         .iter()
         .fold(0u64, |n, r| n.saturating_add(r.count()));
@@ -97,7 +105,7 @@ pub(crate) fn expand(
 
 /// Resolves an entry's settings and checks its sizes against its version.
 fn resolve<'a>(entry: &'a Entry, defaults: &Settings, diags: &mut Diags) -> Option<Resolved<'a>> {
-    let own = &entry.settings;
+    let own = entry.settings();
     let (version, version_pos, version_own) = match (own.version, defaults.version) {
         (Some((v, p)), _) => (v, Some(p), true),
         (None, Some((v, p))) => (v, Some(p), false),
@@ -211,11 +219,8 @@ fn expand_entry(
     };
     match &entry.text {
         EntryText::Prompt(p) => push(p, &BTreeMap::new(), None),
-        EntryText::Template {
-            source,
-            segments,
-            vars,
-        } => {
+        EntryText::Template(t) => {
+            let (source, segments, vars) = (&t.source, &t.segments, &t.vars);
             let mut too_long = TooLong::default();
             let mut empty: Option<String> = None;
             let mut made = 0u64;
@@ -248,7 +253,7 @@ fn expand_entry(
                 diags.error(
                     entry.pos,
                     format!(
-                        "{} of the {made} prompts this template makes are over the API's limit of {} characters (the longest has {}, with {})",
+                        "prompts this template makes are too long: {} of {made} over the API's limit of {} characters (the longest has {}, with {})",
                         too_long.count,
                         api::MAX_PROMPT_CHARS,
                         too_long.longest,
@@ -263,7 +268,12 @@ fn expand_entry(
         let (message, hint) = if first == entry.pos {
             (
                 format!(
-                    "{n} duplicate item(s) within this entry (repeated var values or sizes); each is kept once"
+                    "{} within this entry (repeated var values or sizes); each is kept once",
+                    if n == 1 {
+                        "1 duplicate item".to_owned()
+                    } else {
+                        format!("{n} duplicate items")
+                    }
                 ),
                 "remove the repeated values; for more images of one prompt use `repeat` or `image_num`",
             )
@@ -337,11 +347,17 @@ fn for_each_combination(
     }
 }
 
-/// `animal=猫, place=草原`.
+/// `animal=猫, place=草原`; long values cut to 12 characters.
 fn describe(chosen: &BTreeMap<String, String>) -> String {
     chosen
         .iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| {
+            if v.chars().count() > 12 {
+                format!("{k}={}…", v.chars().take(12).collect::<String>())
+            } else {
+                format!("{k}={v}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

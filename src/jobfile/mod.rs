@@ -28,6 +28,8 @@ mod model;
 pub mod plan;
 mod source;
 mod template;
+#[cfg(test)]
+mod tests;
 mod text;
 mod validate;
 mod yaml;
@@ -36,7 +38,7 @@ pub use diag::{Diagnostic, JobFileError, Severity};
 pub use key::item_key;
 
 use diag::{Diags, Pos};
-use model::{Entry, EntryText, Settings};
+use model::Entry;
 
 /// `max_items` when the job file does not set it.
 pub const DEFAULT_MAX_ITEMS: u64 = 10_000;
@@ -188,20 +190,33 @@ pub fn load(path: &Path, opts: &LoadOptions) -> Result<JobFile, JobFileError> {
             diagnostics: diags.finish(),
         });
     };
+    // Where to report the job as a whole: its prompts.
+    let prompts_pos = spec
+        .prompts_pos
+        .or(spec.prompts_file.as_ref().map(|f| f.1))
+        .unwrap_or(Pos::START);
     let limits = expand::Limits {
         max_items: spec.max_items,
-        count_pos: spec.prompts_pos.unwrap_or(Pos::START),
+        count_pos: prompts_pos,
     };
     let batch = spec.batch.clone().unwrap_or_default();
     // An invalid default would show up again in every entry that uses it.
-    let items = if spec.defaults_valid {
-        expand::expand(&batch, &spec.defaults, &spec.entries, &limits, &mut diags)
+    let items = if spec.sizes_checkable {
+        let build = spec.defaults_valid;
+        expand::expand(
+            &batch,
+            &spec.defaults,
+            &spec.entries,
+            &limits,
+            build,
+            &mut diags,
+        )
     } else {
         Vec::new()
     };
     if items.is_empty() && !diags.has_errors() {
         diags.error(
-            spec.prompts_pos.unwrap_or(Pos::START),
+            prompts_pos,
             "the job file has no prompts",
             Some("add entries to `prompts:`, or lines to the prompts file".into()),
         );
@@ -243,7 +258,7 @@ fn read_spec(path: &Path, opts: &LoadOptions, diags: &mut Diags) -> Option<model
     let root = match yaml::parse(&text) {
         Ok(root) => root,
         Err(e) => {
-            let hint = e.over_budget.then(|| {
+            let budget_hint = e.over_budget.then(|| {
                 format!(
                     "job files are limited to {} YAML nodes, {} levels of nesting and {} nodes repeated through aliases (`*name`)",
                     yaml::MAX_NODES,
@@ -256,7 +271,7 @@ fn read_spec(path: &Path, opts: &LoadOptions, diags: &mut Diags) -> Option<model
             } else {
                 format!("YAML: {}", e.message)
             };
-            diags.error(Pos::job(e.line, e.col), message, hint);
+            diags.error(Pos::job(e.line, e.col), message, e.hint.or(budget_hint));
             return None;
         }
     };
@@ -269,8 +284,8 @@ fn read_spec(path: &Path, opts: &LoadOptions, diags: &mut Diags) -> Option<model
         );
         return None;
     }
-    let mut spec = validate::check_document(&root, diags, opts.strict);
-    drop(root);
+    // The tree is handed over: prompts move into the entries instead of being copied.
+    let mut spec = validate::check_document(root, diags, opts.strict);
     if let Some((name, at)) = spec.prompts_file.clone() {
         let full = path.parent().unwrap_or(Path::new("")).join(&name);
         diags.set_prompts_path(full.clone());
@@ -326,11 +341,7 @@ fn read_prompts_file(
         lines += 1;
         let at = Pos::prompts_line(line);
         if let Some(prompt) = validate::check_prompt(diags, opts.strict, raw, at) {
-            entries.push(Entry {
-                pos: at,
-                text: EntryText::Prompt(prompt),
-                settings: Settings::default(),
-            });
+            entries.push(Entry::plain(at, prompt));
         }
     }
     if lines == 0 {

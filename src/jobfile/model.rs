@@ -28,15 +28,20 @@ pub(crate) struct Settings {
 pub(crate) enum EntryText {
     /// One prompt, already trimmed.
     Prompt(String),
-    /// A template and the values of its placeholders.
-    Template {
-        /// The template as written.
-        source: String,
-        /// The template split into text and placeholders.
-        segments: Vec<Segment>,
-        /// The vars in the order written; the product runs with the first one outermost.
-        vars: Vec<Var>,
-    },
+    /// A template and the values of its placeholders (boxed: most entries are plain prompts,
+    /// and a 1,000,000-entry job should not pay for the largest variant in each).
+    Template(Box<Template>),
+}
+
+/// A checked template.
+#[derive(Debug, Clone)]
+pub(crate) struct Template {
+    /// The template as written.
+    pub source: String,
+    /// The template split into text and placeholders.
+    pub segments: Vec<Segment>,
+    /// The vars in the order written; the product runs with the first one outermost.
+    pub vars: Vec<Var>,
 }
 
 /// One template variable.
@@ -53,10 +58,40 @@ pub(crate) struct Var {
 pub(crate) struct Entry {
     /// Where the entry starts.
     pub pos: Pos,
+    /// False when one of its settings was invalid: its sizes are still checked against its
+    /// version, but it is not expanded.
+    pub valid: bool,
     /// The prompt or template.
     pub text: EntryText,
+    /// The entry's own settings; `None` for a plain prompt, which has none (boxed for the same
+    /// reason as templates).
+    pub settings: Option<Box<Settings>>,
+}
+
+/// The settings of an entry that sets nothing.
+static NO_SETTINGS: Settings = Settings {
+    version: None,
+    sizes: None,
+    image_num: None,
+    repeat: None,
+    tags: BTreeMap::new(),
+};
+
+impl Entry {
+    /// A plain prompt with no settings of its own.
+    pub fn plain(pos: Pos, prompt: String) -> Entry {
+        Entry {
+            pos,
+            valid: true,
+            text: EntryText::Prompt(prompt),
+            settings: None,
+        }
+    }
+
     /// The entry's own settings.
-    pub settings: Settings,
+    pub fn settings(&self) -> &Settings {
+        self.settings.as_deref().unwrap_or(&NO_SETTINGS)
+    }
 }
 
 /// A job file after its keys and values were checked.
@@ -69,6 +104,9 @@ pub(crate) struct Spec {
     /// False when a top-level setting was invalid: then nothing is expanded, to avoid reporting
     /// the same mistake again for every entry.
     pub defaults_valid: bool,
+    /// False when the top-level version or every top-level size was invalid: then sizes are not
+    /// checked against versions either.
+    pub sizes_checkable: bool,
     /// `archive.review`, when given.
     pub archive_review: Option<super::Keep>,
     /// `archive.block`, when given.
@@ -79,6 +117,6 @@ pub(crate) struct Spec {
     pub prompts_pos: Option<Pos>,
     /// `prompts_file` as written, and where.
     pub prompts_file: Option<(String, Pos)>,
-    /// The valid entries, in file order.
+    /// The entries whose prompt or template is valid, in file order.
     pub entries: Vec<Entry>,
 }

@@ -32,7 +32,7 @@ impl ReadError {
     /// Message and hint for a diagnostic about the file `name`.
     pub fn describe(&self, name: &str) -> (String, Option<String>) {
         match self {
-            ReadError::NotFound => (format!("{name} not found"), None),
+            ReadError::NotFound => (format!("{name} does not exist"), None),
             ReadError::TooLarge(n) => (
                 format!("{name} is {n} bytes, over the limit of {MAX_FILE_BYTES} bytes (64 MiB)"),
                 Some("split the batch into several job files".into()),

@@ -40,50 +40,73 @@ fn is_latin_letter(c: char) -> bool {
         || (('\u{00C0}'..='\u{024F}').contains(&c) && c.is_alphabetic())
 }
 
-/// Most distinct characters quoted in one message.
-const MAX_SHOWN: usize = 12;
+/// Most runs of unusual characters quoted in one message, per kind.
+const MAX_SHOWN: usize = 5;
 
 /// Describes the characters of `text` outside the everyday set, for a warning; `None` when
-/// there are none. Each character is shown once, in order of appearance.
+/// there are none. They are shown as the runs they form (`city`, `at`, `night`), each once, in
+/// order of appearance: runs of Latin letters, and runs of other characters ("symbols").
 pub fn unusual_chars(text: &str) -> Option<String> {
-    let mut latin: Vec<char> = Vec::new();
-    let mut other: Vec<char> = Vec::new();
-    for c in text.chars().filter(|&c| !is_everyday(c)) {
-        let list = if is_latin_letter(c) {
-            &mut latin
-        } else {
-            &mut other
-        };
-        if !list.contains(&c) {
-            list.push(c);
+    let mut latin: Vec<String> = Vec::new();
+    let mut symbols: Vec<String> = Vec::new();
+    // The run being read, and whether it is of Latin letters.
+    let mut run = String::new();
+    let mut run_is_latin = false;
+    let mut flush = |run: &mut String, is_latin: bool| {
+        if run.is_empty() {
+            return;
         }
+        let list = if is_latin { &mut latin } else { &mut symbols };
+        if !list.contains(run) {
+            list.push(run.clone());
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if is_everyday(c) {
+            flush(&mut run, run_is_latin);
+            continue;
+        }
+        let is_latin = is_latin_letter(c);
+        if is_latin != run_is_latin {
+            flush(&mut run, run_is_latin);
+            run_is_latin = is_latin;
+        }
+        run.push(c);
     }
+    flush(&mut run, run_is_latin);
     let mut parts = Vec::new();
     if !latin.is_empty() {
-        parts.push(format!("Latin letters {}", show(&latin)));
+        parts.push(format!("Latin letters ({})", show(&latin)));
     }
-    if !other.is_empty() {
-        parts.push(format!("symbols {}", show(&other)));
+    if !symbols.is_empty() {
+        parts.push(format!("symbols ({})", show(&symbols)));
     }
     (!parts.is_empty()).then(|| parts.join(" and "))
 }
 
-/// Shows characters between backticks; invisible ones as `U+XXXX`.
-fn show(chars: &[char]) -> String {
-    let mut out = String::from("`");
-    for (i, &c) in chars.iter().enumerate() {
-        if i == MAX_SHOWN {
-            out.push('…');
-            break;
-        }
-        if c.is_control() || c == '`' || is_invisible(c) {
-            out.push_str(&format!("<U+{:04X}>", u32::from(c)));
-        } else {
-            out.push(c);
-        }
+/// Shows runs between backticks, invisible characters as `<U+XXXX>`.
+fn show(runs: &[String]) -> String {
+    let mut shown: Vec<String> = runs
+        .iter()
+        .take(MAX_SHOWN)
+        .map(|run| {
+            let mut out = String::from("`");
+            for c in run.chars() {
+                if c.is_control() || c == '`' || is_invisible(c) {
+                    out.push_str(&format!("<U+{:04X}>", u32::from(c)));
+                } else {
+                    out.push(c);
+                }
+            }
+            out.push('`');
+            out
+        })
+        .collect();
+    if runs.len() > MAX_SHOWN {
+        shown.push("…".to_owned());
     }
-    out.push('`');
-    out
+    shown.join(", ")
 }
 
 /// Format characters that print as nothing (zero-width space and joiners, BOM, direction marks).
@@ -124,23 +147,31 @@ mod tests {
     fn latin_letters_and_symbols_are_named_once_each_in_order() {
         assert_eq!(
             unusual_chars("猫cat在#草原@奔跑#a"),
-            Some("Latin letters `cat` and symbols `#@`".into())
+            Some("Latin letters (`cat`, `a`) and symbols (`#`, `@`)".into())
         );
         assert_eq!(
-            unusual_chars("ＡＩ绘画é"),
-            Some("Latin letters `ＡＩé`".into())
+            unusual_chars("city at night"),
+            Some("Latin letters (`city`, `at`, `night`)".into())
+        );
+        assert_eq!(
+            unusual_chars("ＡＩ绘画，é"),
+            Some("Latin letters (`ＡＩ`, `é`)".into())
         );
         assert_eq!(
             unusual_chars("猫\u{200B}狗"),
-            Some("symbols `<U+200B>`".into())
+            Some("symbols (`<U+200B>`)".into())
         );
-        assert_eq!(unusual_chars("猫😀"), Some("symbols `😀`".into()));
+        assert_eq!(unusual_chars("猫😀"), Some("symbols (`😀`)".into()));
+        assert_eq!(
+            unusual_chars("C++编程"),
+            Some("Latin letters (`C`) and symbols (`++`)".into())
+        );
     }
 
     #[test]
     fn long_lists_are_cut() {
-        let s = unusual_chars("abcdefghijklmnopqrstuvwxyz").unwrap();
-        assert_eq!(s, "Latin letters `abcdefghijkl…`");
+        let s = unusual_chars("a b c d e f g").unwrap();
+        assert_eq!(s, "Latin letters (`a`, `b`, `c`, `d`, `e`, …)");
     }
 
     #[test]

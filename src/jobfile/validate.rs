@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::diag::{Diags, Pos, Severity};
-use super::model::{Entry, EntryText, Settings, Spec, Var};
+use super::model::{Entry, EntryText, Settings, Spec, Template, Var};
 use super::template::{self, Segment};
 use super::text;
 use super::yaml::{Node, Value};
@@ -48,7 +48,7 @@ pub const SIZE_KEYS: &[&str] = &["width", "height"];
 pub const MAX_BATCH_LEN: usize = 64;
 
 /// Checks a whole job file.
-pub(crate) fn check_document(root: &Node, diags: &mut Diags, strict: bool) -> Spec {
+pub(crate) fn check_document(root: Node, diags: &mut Diags, strict: bool) -> Spec {
     let mut c = Checker { diags, strict };
     c.document(root)
 }
@@ -56,7 +56,9 @@ pub(crate) fn check_document(root: &Node, diags: &mut Diags, strict: bool) -> Sp
 /// Checks one prompt (from the YAML or a prompts-file line) and returns it trimmed, or `None`
 /// when it cannot be submitted.
 pub(crate) fn check_prompt(diags: &mut Diags, strict: bool, raw: &str, at: Pos) -> Option<String> {
-    Checker { diags, strict }.prompt(raw, at)
+    Checker { diags, strict }
+        .prompt_ok(raw, at)
+        .then(|| text::normalize(raw).to_owned())
 }
 
 struct Checker<'d> {
@@ -72,26 +74,37 @@ impl Checker<'_> {
         self.diags.error(at, message, hint);
     }
 
-    fn document(&mut self, root: &Node) -> Spec {
+    fn document(&mut self, root: Node) -> Spec {
         let mut spec = Spec {
             defaults_valid: true,
+            sizes_checkable: true,
             ..Spec::default()
         };
-        let Value::Map(entries) = &root.value else {
+        let at = pos(&root);
+        let found = kind(&root);
+        let Value::Map(entries) = root.value else {
             self.error(
-                pos(root),
+                at,
                 format!(
-                    "a job file is a mapping of keys like `batch:` and `prompts:`, found {}",
-                    kind(root)
+                    "a job file is a mapping of keys like `batch:` and `prompts:`, found {found}"
                 ),
                 None,
             );
             return spec;
         };
         let mut saw_batch = false;
-        let mut prompts_node = None;
+        let mut saw_prompts = false;
         for (k, v) in entries {
-            let Some(key) = self.key(k) else { continue };
+            let Some(key) = self.key(&k) else { continue };
+            if key == "prompts" {
+                spec.prompts_pos = Some(pos(&k));
+                saw_prompts = true;
+                // Entries are checked in file order with the other keys; their settings are
+                // resolved against the defaults only when expanding.
+                spec.entries = self.prompts(v);
+                continue;
+            }
+            let (k, v) = (&k, &v);
             let ok = match key {
                 "batch" => {
                     saw_batch = true;
@@ -110,11 +123,6 @@ impl Checker<'_> {
                 "prompts_file" => self
                     .prompts_file(v)
                     .map(|f| spec.prompts_file = Some((f, pos(v)))),
-                "prompts" => {
-                    spec.prompts_pos = Some(pos(k));
-                    prompts_node = Some(v);
-                    Ok(())
-                }
                 other => {
                     self.unknown_key(k, other, TOP_KEYS, ENTRY_KEYS, "only inside a prompt entry");
                     Ok(())
@@ -122,12 +130,18 @@ impl Checker<'_> {
             };
             // Invalid prompts are reported where they are; an invalid default would be reported
             // again for every entry that uses it, so nothing is expanded then.
-            if ok.is_err() && key != "prompts" {
+            let is_default = matches!(
+                key,
+                "version" | "image_num" | "sizes" | "repeat" | "tags" | "max_items"
+            );
+            if ok.is_err() && is_default {
                 spec.defaults_valid = false;
             }
-        }
-        if let Some(v) = prompts_node {
-            spec.entries = self.prompts(v);
+            if ok.is_err()
+                && (key == "version" || (key == "sizes" && spec.defaults.sizes.is_none()))
+            {
+                spec.sizes_checkable = false;
+            }
         }
         if !saw_batch {
             self.error(
@@ -136,7 +150,7 @@ impl Checker<'_> {
                 Some("add a line like `batch: spring-catalog` (it names folders on disk)".into()),
             );
         }
-        if prompts_node.is_none() && spec.prompts_file.is_none() {
+        if !saw_prompts && spec.prompts_file.is_none() {
             self.error(
                 Pos::START,
                 "no prompts: the job file has neither `prompts` nor `prompts_file`",
@@ -298,7 +312,13 @@ impl Checker<'_> {
                 Err(()) => ok = false,
             }
         }
-        if ok { Ok(out) } else { Err(()) }
+        // The valid sizes are still checked against the version, so that one bad size does not
+        // hide another problem; the error already recorded fails the load.
+        if ok || !out.is_empty() {
+            Ok(out)
+        } else {
+            Err(())
+        }
     }
 
     fn size(&mut self, v: &Node) -> Checked<Size> {
@@ -432,7 +452,7 @@ impl Checker<'_> {
                 continue;
             }
             let hint = Some("write `keep` or `skip`".to_owned());
-            let Ok(s) = self.string(val, key, hint.clone()) else {
+            let Ok(s) = self.string(val, &format!("archive.{key}"), hint.clone()) else {
                 ok = false;
                 continue;
             };
@@ -465,37 +485,33 @@ impl Checker<'_> {
         Ok(s.to_owned())
     }
 
-    fn prompts(&mut self, v: &Node) -> Vec<Entry> {
-        let Value::Seq(list) = &v.value else {
+    /// The entries of `prompts`; plain prompts move out of the tree instead of being copied.
+    fn prompts(&mut self, v: Node) -> Vec<Entry> {
+        let at = pos(&v);
+        let found = kind(&v);
+        let Value::Seq(list) = v.value else {
             let hint = matches!(v.value, Value::Str(_)).then(|| {
                 "write a list: `prompts: [一只猫]`, or one `- prompt` per line".to_owned()
             });
-            self.error(
-                pos(v),
-                format!("`prompts` must be a list, found {}", kind(v)),
-                hint,
-            );
+            self.error(at, format!("`prompts` must be a list, found {found}"), hint);
             return Vec::new();
         };
         let mut out = Vec::with_capacity(list.len());
         for item in list {
+            let at = pos(&item);
+            if let Value::Str(s) = item.value {
+                out.extend(self.prompt_owned(s, at).map(|p| Entry::plain(at, p)));
+                continue;
+            }
+            let item = &item;
             let entry = match &item.value {
-                Value::Str(s) => self.prompt(s, pos(item)).map(|p| Entry {
-                    pos: pos(item),
-                    text: EntryText::Prompt(p),
-                    settings: Settings::default(),
-                }),
                 Value::Map(_) => self.entry(item),
                 Value::Null => {
                     self.error(pos(item), "empty prompt entry", None);
                     None
                 }
                 _ => {
-                    let hint =
-                        matches!(item.value, Value::Int(_) | Value::Float(_) | Value::Bool(_))
-                            .then(|| {
-                                "quote a prompt that looks like a number: `- \"2024\"`".to_owned()
-                            });
+                    let hint = quote_hint(item);
                     self.error(
                         pos(item),
                         format!(
@@ -518,6 +534,7 @@ impl Checker<'_> {
             return None;
         };
         let mut ok = true;
+        let mut version_failed = false;
         let mut settings = Settings::default();
         let mut prompt: Option<(&Node, &str)> = None;
         let mut template: Option<(&Node, &str)> = None;
@@ -540,7 +557,11 @@ impl Checker<'_> {
                 }
                 "sizes" => self.sizes(v).map(|s| settings.sizes = Some(s)),
                 "image_num" => self.image_num(v).map(|n| settings.image_num = Some(n)),
-                "version" => self.version(v).map(|x| settings.version = Some(x)),
+                "version" => {
+                    let checked = self.version(v).map(|x| settings.version = Some(x));
+                    version_failed = checked.is_err();
+                    checked
+                }
                 "repeat" => self.repeat(v).map(|r| settings.repeat = Some(r)),
                 "tags" => self.tags(v).map(|t| settings.tags = t),
                 other => {
@@ -575,17 +596,19 @@ impl Checker<'_> {
                         .contains('{')
                         .then(|| "did you mean `template:` instead of `prompt:`?".to_owned());
                     self.error(pos(vk), "`vars` only fill a `template`", hint);
-                    ok = false;
+                    return None;
                 }
                 self.prompt(s, pos(p)).map(EntryText::Prompt)
             }
             (None, Some((t, s))) => self.template(t, s, vars),
         };
+        // With its own version unknown, its sizes cannot be checked either.
         match text {
-            Some(text) if ok => Some(Entry {
+            Some(text) if !version_failed => Some(Entry {
                 pos: pos(node),
+                valid: ok,
                 text,
-                settings,
+                settings: Some(Box::new(settings)),
             }),
             _ => None,
         }
@@ -611,6 +634,7 @@ impl Checker<'_> {
         let mut vars_out: Vec<Var> = Vec::new();
         // Every var named, valid values or not, so one mistake is not reported twice.
         let mut declared: Vec<(&str, Pos)> = Vec::new();
+        let mut vars_broken = false;
         if let Some((_, vv)) = vars {
             match &vv.value {
                 Value::Map(pairs) => {
@@ -648,6 +672,7 @@ impl Checker<'_> {
                         None,
                     );
                     ok = false;
+                    vars_broken = true;
                 }
             }
         }
@@ -662,7 +687,7 @@ impl Checker<'_> {
         }
         let names: Vec<&str> = declared.iter().map(|d| d.0).collect();
         for name in &placeholders {
-            if !names.contains(name) {
+            if !names.contains(name) && !vars_broken {
                 let hint = match suggest(name, &names) {
                     Some(best) => format!("did you mean `{{{best}}}`?"),
                     None => format!("add its values: `vars: {{{name}: [...]}}`"),
@@ -697,10 +722,12 @@ impl Checker<'_> {
             self.error(at, "template is empty", None);
             ok = false;
         }
-        ok.then(|| EntryText::Template {
-            source: source.to_owned(),
-            segments,
-            vars: vars_out,
+        ok.then(|| {
+            EntryText::Template(Box::new(Template {
+                source: source.to_owned(),
+                segments,
+                vars: vars_out,
+            }))
         })
     }
 
@@ -748,10 +775,29 @@ impl Checker<'_> {
 
     /// Checks one prompt; returns it trimmed unless it is empty or too long.
     fn prompt(&mut self, raw: &str, at: Pos) -> Option<String> {
+        self.prompt_ok(raw, at)
+            .then(|| text::normalize(raw).to_owned())
+    }
+
+    /// [`Self::prompt`] for a prompt the caller owns: kept as is when already trimmed.
+    fn prompt_owned(&mut self, raw: String, at: Pos) -> Option<String> {
+        if !self.prompt_ok(&raw, at) {
+            return None;
+        }
+        let trimmed = text::normalize(&raw);
+        if trimmed.len() == raw.len() {
+            Some(raw)
+        } else {
+            Some(trimmed.to_owned())
+        }
+    }
+
+    /// Checks one prompt: false when it is empty or too long.
+    fn prompt_ok(&mut self, raw: &str, at: Pos) -> bool {
         let p = text::normalize(raw);
         if p.is_empty() {
             self.error(at, "prompt is empty", None);
-            return None;
+            return false;
         }
         let len = text::char_len(p);
         if len > api::MAX_PROMPT_CHARS {
@@ -762,14 +808,14 @@ impl Checker<'_> {
                     api::MAX_PROMPT_CHARS
                 ),
                 Some(format!(
-                    "shorten it by {} characters (characters count, not bytes)",
-                    len - api::MAX_PROMPT_CHARS
+                    "shorten it by {} (characters count, not bytes)",
+                    plural(len - api::MAX_PROMPT_CHARS, "character")
                 )),
             );
-            return None;
+            return false;
         }
         self.chars(p, at, "prompt");
-        Some(p.to_owned())
+        true
     }
 
     /// Warns (errs with `--strict`) about characters outside the everyday set.
@@ -804,10 +850,11 @@ impl Checker<'_> {
             }
             _ => {
                 let hint = match &v.value {
-                    Value::Str(s) if s.trim().parse::<i128>().is_ok() => {
-                        format!("write the number without quotes: `{what}: {}`", s.trim())
-                    }
-                    _ => why.to_owned(),
+                    Value::Str(s) if s.trim().parse::<i128>().is_ok() => Some(format!(
+                        "write the number without quotes: `{what}: {}`",
+                        s.trim()
+                    )),
+                    _ => None,
                 };
                 self.error(
                     pos(v),
@@ -815,7 +862,7 @@ impl Checker<'_> {
                         "`{what}` must be a whole number from {lo} to {hi}, found {}",
                         kind(v)
                     ),
-                    Some(hint),
+                    hint,
                 );
                 Err(())
             }
@@ -847,6 +894,15 @@ pub(crate) fn report_chars(diags: &mut Diags, strict: bool, text: &str, at: Pos,
     );
 }
 
+/// `1 character`, `2 characters`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn quote_hint(v: &Node) -> Option<String> {
     matches!(v.value, Value::Int(_) | Value::Float(_) | Value::Bool(_))
         .then(|| "quote text that looks like a number or true/false: \"2024\"".to_owned())
@@ -861,7 +917,8 @@ fn kind(n: &Node) -> &'static str {
     match n.value {
         Value::Null => "nothing",
         Value::Bool(_) => "true/false",
-        Value::Int(_) | Value::Float(_) => "a number",
+        Value::Int(_) => "a number",
+        Value::Float(_) => "a decimal number",
         Value::Str(_) => "text",
         Value::Seq(_) => "a list",
         Value::Map(_) => "a mapping",

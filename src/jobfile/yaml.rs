@@ -142,6 +142,8 @@ pub struct YamlError {
     /// Whether the document was refused by the parser budget (too large, too deep, alias bomb)
     /// rather than for its syntax.
     pub over_budget: bool,
+    /// How to fix it, when the parser's message does not say.
+    pub hint: Option<String>,
 }
 
 /// Parses one YAML document into a [`Node`] tree, under a budget that refuses oversized
@@ -157,7 +159,6 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
     budget.max_aliases = MAX_ALIASES;
     budget.max_anchors = MAX_ALIASES;
     budget.max_depth = MAX_DEPTH;
-    budget.max_documents = 1;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     options.strict_booleans = true;
@@ -192,12 +193,45 @@ fn to_yaml_error(err: &serde_saphyr::Error) -> YamlError {
             | Error::AliasExpansionLimitExceeded { .. }
             | Error::AliasReplayStackDepthExceeded { .. }
     );
+    let hint = matches!(inner, Error::MultipleDocuments { .. })
+        .then(|| "a job file is one YAML document: remove the `---` line".to_owned());
+    let message = budget_message(inner)
+        .unwrap_or_else(|| UserMessageFormatter.format_message(err).into_owned());
     YamlError {
         line,
         col,
-        message: UserMessageFormatter.format_message(err).into_owned(),
+        message,
         over_budget,
+        hint,
     }
+}
+
+/// Says in words which part of the budget a document broke.
+fn budget_message(err: &serde_saphyr::Error) -> Option<String> {
+    use serde_saphyr::Error;
+    use serde_saphyr::budget::BudgetBreach;
+    let alias_bomb =
+        || format!("aliases (`*name`) repeat more than {MAX_ALIAS_REPLAY} nodes (an alias bomb?)");
+    Some(match err {
+        Error::Budget { breach, .. } => match breach {
+            BudgetBreach::Depth { .. } => format!("nesting deeper than {MAX_DEPTH} levels"),
+            BudgetBreach::Nodes { .. } | BudgetBreach::Events { .. } => {
+                format!("more than {MAX_NODES} YAML nodes")
+            }
+            BudgetBreach::Aliases { .. } => format!("more than {MAX_ALIASES} aliases"),
+            BudgetBreach::Anchors { .. } => format!("more than {MAX_ALIASES} anchors"),
+            BudgetBreach::AliasAnchorRatio { .. } => {
+                "far more aliases than anchors (an alias bomb?)".to_owned()
+            }
+            BudgetBreach::ScalarBytes { .. } => "more than 64 MiB of text".to_owned(),
+            _ => return None,
+        },
+        Error::AliasReplayCounterOverflow { .. }
+        | Error::AliasReplayLimitExceeded { .. }
+        | Error::AliasExpansionLimitExceeded { .. }
+        | Error::AliasReplayStackDepthExceeded { .. } => alias_bomb(),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -300,6 +334,9 @@ mod tests {
 
     #[test]
     fn several_documents_are_refused() {
-        assert!(parse("a: 1\n---\nb: 2\n").is_err());
+        let e = parse("a: 1\n---\nb: 2\n").unwrap_err();
+        assert!(!e.over_budget);
+        assert_eq!(e.line, 3);
+        assert!(e.hint.is_some());
     }
 }
