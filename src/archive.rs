@@ -150,7 +150,10 @@ impl Archive {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         let m = fs::symlink_metadata(&cur).map_err(io_at("inspect", &cur))?;
                         if !m.is_dir() || m.file_type().is_symlink() {
-                            return Err(ArchiveError::Unsafe(format!("{} is not a folder", cur.display())));
+                            return Err(ArchiveError::Unsafe(format!(
+                                "{} is not a folder",
+                                cur.display()
+                            )));
                         }
                     }
                     Err(e) => return Err(io_at("create folder", &cur)(e)),

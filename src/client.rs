@@ -406,13 +406,10 @@ impl Client {
     {
         let mut refreshed = false;
         loop {
-            let token = self
-                .access_token()
-                .await
-                .map_err(|e| match e {
-                    e @ (ClientError::Auth { .. } | ClientError::Store(_)) => e,
-                    e => ClientError::TokenFetch(Box::new(e)),
-                })?;
+            let token = self.access_token().await.map_err(|e| match e {
+                e @ (ClientError::Auth { .. } | ClientError::Store(_)) => e,
+                e => ClientError::TokenFetch(Box::new(e)),
+            })?;
             match self.call_once(path, what, body, &token).await {
                 Err(e)
                     if e.class() == ErrorClass::Token
