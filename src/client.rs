@@ -215,12 +215,6 @@ pub struct Downloaded {
     pub sha256: String,
 }
 
-#[derive(Clone)]
-struct CachedToken {
-    token: Secret,
-    expires_at: i64,
-}
-
 /// The API client. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Client {
@@ -239,8 +233,27 @@ impl fmt::Debug for CachedToken {
     }
 }
 
-/// A token is refreshed this long before it expires.
+/// A token is refreshed this long before it expires, or a tenth of its life if that is shorter.
 const TOKEN_MARGIN_MS: i64 = 5 * 60 * 1000;
+
+#[derive(Clone)]
+struct CachedToken {
+    token: Secret,
+    expires_at: i64,
+    /// When this token stops being used: its expiry less the margin.
+    use_until: i64,
+}
+
+impl CachedToken {
+    fn new(token: Secret, fetched_at: i64, expires_at: i64) -> CachedToken {
+        let margin = TOKEN_MARGIN_MS.min((expires_at - fetched_at).max(0) / 10);
+        CachedToken {
+            token,
+            expires_at,
+            use_until: expires_at - margin,
+        }
+    }
+}
 
 impl Client {
     /// A client for `config`, caching fetched tokens in `store` when given.
@@ -268,6 +281,7 @@ impl Client {
             Credentials::Token(t) => Some(CachedToken {
                 token: t.clone(),
                 expires_at: i64::MAX,
+                use_until: i64::MAX,
             }),
             Credentials::Keys { .. } => None,
         };
@@ -297,10 +311,7 @@ impl Client {
     async fn access_token(&self) -> Result<Secret, ClientError> {
         let mut guard = self.token.lock().await;
         let now = now_ms();
-        if let Some(t) = guard
-            .as_ref()
-            .filter(|t| t.expires_at > now + TOKEN_MARGIN_MS)
-        {
+        if let Some(t) = guard.as_ref().filter(|t| t.use_until > now) {
             return Ok(t.token.clone());
         }
         let Credentials::Keys { ak, sk } = &self.credentials else {
@@ -316,15 +327,14 @@ impl Client {
         let fingerprint = self.client_fingerprint();
         if let Some(store) = &self.store
             && let Some((token, expires_at)) = store
-                .cached_token(&self.config.base_url, &fingerprint, now + TOKEN_MARGIN_MS)
+                .cached_token(&self.config.base_url, &fingerprint, now)
                 .await?
         {
-            let t = CachedToken {
-                token: Secret::new(token),
-                expires_at,
-            };
-            *guard = Some(t.clone());
-            return Ok(t.token);
+            let t = CachedToken::new(Secret::new(token), now, expires_at);
+            if t.use_until > now {
+                *guard = Some(t.clone());
+                return Ok(t.token);
+            }
         }
         let t = self.fetch_token(ak, sk).await?;
         if let Some(store) = &self.store {
@@ -377,10 +387,12 @@ impl Client {
                 detail: e.to_string(),
             })?;
         tracing::debug!(expires_in = answer.expires_in, "fetched an access token");
-        Ok(CachedToken {
-            token: Secret::new(answer.access_token),
-            expires_at: now_ms().saturating_add((answer.expires_in as i64).saturating_mul(1000)),
-        })
+        let now = now_ms();
+        Ok(CachedToken::new(
+            Secret::new(answer.access_token),
+            now,
+            now.saturating_add((answer.expires_in as i64).saturating_mul(1000)),
+        ))
     }
 
     /// Forgets `failed` (when it is still the current token) so the next call fetches a new one.
@@ -648,6 +660,14 @@ mod tests {
         );
         assert_eq!(url_expiry("http://h/x.png", 1000, 5), 1005);
         assert_eq!(url_expiry("not a url", 1000, 5), 1005);
+    }
+
+    #[test]
+    fn short_lived_tokens_are_used_for_most_of_their_life() {
+        let t = CachedToken::new(Secret::new("t"), 1_000, 1_700);
+        assert_eq!(t.use_until, 1_630);
+        let long = CachedToken::new(Secret::new("t"), 0, 30 * 86_400_000);
+        assert_eq!(long.use_until, 30 * 86_400_000 - TOKEN_MARGIN_MS);
     }
 
     #[test]

@@ -432,3 +432,249 @@ async fn a_second_process_on_the_same_store_is_refused_with_exit_4() {
     );
     assert_eq!(env.stats().submit_requests, 0);
 }
+
+fn count(status: &Value, batch: &str, state: &str) -> i64 {
+    item_counts(status, batch).get(state).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_submitting_exits_4_and_resume_finishes() {
+    let mut env = Env::new(SimConfig {
+        gen_ms: (200, 400),
+        ..quick_sim()
+    })
+    .await;
+    env.limits = vec![
+        "--submit-qps=5".into(),
+        "--query-qps=20".into(),
+        "--concurrency=4".into(),
+    ];
+    let job = env.write("job.yaml", &mixed_job("intr", 30));
+    let job_s = job.to_str().unwrap();
+    let expected = expected_submits(&env, job_s).await;
+    let child = env.start(&["submit", job_s]);
+    env.wait_for("some submits", |s| s.submits >= 3).await;
+    let pid = child.id().expect("pid").to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(kill.success());
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    assert_exit(&out, 4);
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    let status = env.status().await;
+    assert_eq!(
+        count(&status, "intr", "submitting"),
+        0,
+        "no submit left half-recorded"
+    );
+    assert!(
+        count(&status, "intr", "pending") > 0,
+        "it stopped submitting: {status}"
+    );
+
+    assert_exit(&env.run(&["resume"]).await, 0);
+    let status = env.status().await;
+    assert!(all_done(&status, "intr"), "{status}");
+    let ambiguous = status["ambiguous_items"].as_i64().unwrap_or(0) as u64;
+    assert!(extra_submits(&env.stats(), &expected) <= ambiguous);
+    check_archive(&env.archive, "intr");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_time_box_drains_running_tasks_exits_4_and_resume_finishes() {
+    let mut env = Env::new(SimConfig {
+        gen_ms: (200, 400),
+        ..quick_sim()
+    })
+    .await;
+    env.limits = vec![
+        "--submit-qps=4".into(),
+        "--query-qps=20".into(),
+        "--concurrency=4".into(),
+    ];
+    let job = env.write("job.yaml", &mixed_job("tbox", 24));
+    let out = env
+        .run(&[
+            "submit",
+            job.to_str().unwrap(),
+            "--max-runtime",
+            "1s",
+            "--json",
+        ])
+        .await;
+    assert_exit(&out, 4);
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(summary["stop"], "deadline");
+    assert_eq!(
+        summary["in_flight"], 0,
+        "running tasks were drained: {summary}"
+    );
+    let status = env.status().await;
+    assert_eq!(
+        count(&status, "tbox", "running") + count(&status, "tbox", "fetching"),
+        0
+    );
+    let pending = count(&status, "tbox", "pending");
+    assert!(pending > 0 && pending < 24, "{status}");
+    assert_exit(&env.run(&["resume"]).await, 0);
+    assert!(all_done(&env.status().await, "tbox"));
+    assert_eq!(env.stats().submits, 24);
+    check_archive(&env.archive, "tbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_items_are_reported_retried_and_verify_repairs_the_archive() {
+    let env = Env::new(SimConfig {
+        banned: vec!["禁词".into()],
+        ..quick_sim()
+    })
+    .await;
+    let mut job = mixed_job("repair", 6);
+    job.push_str("  - 这里有禁词\n");
+    let job = env.write("job.yaml", &job);
+    let out = env.run(&["submit", job.to_str().unwrap()]).await;
+    assert_exit(&out, 3);
+    let status = env.status().await;
+    assert_eq!(count(&status, "repair", "failed"), 1);
+    assert_eq!(
+        status["batches"][0]["failed_by_class"]["permanent"], 1,
+        "{status}"
+    );
+    let human = env.plain(&["status"]).await;
+    assert!(
+        text(&human.stdout).contains("501"),
+        "the reason is shown: {}",
+        text(&human.stdout)
+    );
+
+    // A deleted image: verify requeues it, resume downloads it again with fresh URLs.
+    let lines = check_archive(&env.archive, "repair");
+    let victim = lines
+        .iter()
+        .find_map(|l| l["path"].as_str())
+        .expect("an archived image")
+        .to_string();
+    let victim_path = env.archive.join("repair").join(&victim);
+    let sha = lines.iter().find(|l| l["path"] == victim.as_str()).unwrap()["sha256"].clone();
+    std::fs::remove_file(&victim_path).expect("delete");
+    let out = env.plain(&["verify"]).await;
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stderr).contains("missing"),
+        "{}",
+        text(&out.stderr)
+    );
+    let downloads = env.stats().downloads;
+    // The failed item stays failed: exit 3 again, but the image is back.
+    assert_exit(&env.run(&["resume"]).await, 3);
+    assert_eq!(env.stats().downloads, downloads + 1);
+    let lines = check_archive(&env.archive, "repair");
+    let again = lines
+        .iter()
+        .find(|l| l["path"] == victim.as_str())
+        .expect("back in the manifest");
+    assert_eq!(
+        again["sha256"], sha,
+        "the same image (deterministic per prompt)"
+    );
+    assert_exit(&env.plain(&["verify"]).await, 0);
+
+    // Retry the failed item (the prompt is still banned, so it fails again, once).
+    let out = env.plain(&["retry", "--class", "permanent"]).await;
+    assert_exit(&out, 0);
+    assert!(
+        text(&out.stdout).contains("requeued 1 item"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(count(&env.status().await, "repair", "pending"), 1);
+    assert_exit(&env.run(&["resume"]).await, 3);
+    assert_exit(&env.plain(&["retry"]).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_is_refreshed_mid_run_and_a_valid_one_is_reused() {
+    let mut env = Env::new(SimConfig {
+        gen_ms: (200, 400),
+        ..quick_sim()
+    })
+    .await;
+    env.limits = vec![
+        "--submit-qps=8".into(),
+        "--query-qps=40".into(),
+        "--concurrency=4".into(),
+    ];
+    let job = env.write("job.yaml", &mixed_job("token", 16));
+    let child = env.start(&["submit", job.to_str().unwrap()]);
+    env.wait_for("some submits", |s| s.submits >= 4).await;
+    // The token dies long before its advertised 30 days.
+    env.sim.expire_tokens();
+    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
+        .await
+        .expect("exits")
+        .expect("output");
+    assert_exit(&out, 0);
+    let s = env.stats();
+    assert!(
+        s.errors.get("111").copied().unwrap_or(0) >= 1,
+        "the token expired mid-run: {:?}",
+        s.errors
+    );
+    assert_eq!(s.tokens_issued, 2, "one new token was fetched");
+    assert_eq!(s.submits, 16);
+    check_archive(&env.archive, "token");
+
+    // A long-lived token is fetched once and reused from the store by the next run.
+    let env = Env::new(quick_sim()).await;
+    let job = env.write("job.yaml", &mixed_job("cache", 2));
+    assert_exit(&env.run(&["submit", job.to_str().unwrap()]).await, 0);
+    let job2 = env.write("job2.yaml", &mixed_job("cache2", 2));
+    assert_exit(&env.run(&["submit", job2.to_str().unwrap()]).await, 0);
+    assert_eq!(env.stats().tokens_issued, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preset_access_token_is_used_as_given() {
+    let env = Env::new(quick_sim()).await;
+    let url = format!(
+        "{}/oauth/2.0/token?grant_type=client_credentials&client_id=sim-ak&client_secret=sim-sk",
+        env.sim.base_url()
+    );
+    let token: Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(url)
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("JSON");
+    let job = env.write("job.yaml", &mixed_job("preset", 3));
+    let mut all = vec!["submit", job.to_str().unwrap()];
+    all.extend(env.limits.iter().map(String::as_str));
+    let mut cmd = env.cmd(&all);
+    cmd.env_remove("EB_AK").env_remove("EB_SK").env(
+        "EB_ACCESS_TOKEN",
+        token["access_token"].as_str().expect("token"),
+    );
+    let out = cmd.output().await.expect("run");
+    assert_exit(&out, 0);
+    assert_eq!(
+        env.stats().tokens_issued,
+        1,
+        "no token fetched by the runner"
+    );
+    check_archive(&env.archive, "preset");
+}

@@ -144,6 +144,11 @@ impl SimHandle {
         self.sim.tasks()
     }
 
+    /// Expires every token issued so far (see [`state::Sim::expire_tokens`]).
+    pub fn expire_tokens(&self) {
+        self.sim.expire_tokens();
+    }
+
     /// Stops accepting connections, lets answers in flight finish, and waits for the server.
     pub async fn shutdown(self) {
         let _ = self.stop.send(());

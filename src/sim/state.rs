@@ -446,6 +446,16 @@ impl Sim {
         }
     }
 
+    /// Makes every token issued so far expire now: later calls with them answer 111, as when a
+    /// token dies before its advertised `expires_in` (keys rotated, clocks apart).
+    pub fn expire_tokens(&self) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        for expiry in st.tokens.values_mut() {
+            *expiry = (*expiry).min(now);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every update keeps the state consistent between statements, so a panic elsewhere
         // while holding the lock leaves nothing half-done worth refusing to serve.
