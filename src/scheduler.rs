@@ -155,6 +155,8 @@ struct Task {
     errors: u32,
     /// Only fresh URLs are needed (the task already succeeded); it holds no slots.
     refresh: bool,
+    /// A query for it is under way.
+    polling: bool,
 }
 
 #[derive(Debug)]
@@ -221,7 +223,7 @@ struct State {
     awaiting_urls: HashMap<String, Vec<FetchImage>>,
     refreshes: HashMap<(String, u32), u32>,
     submit_done: bool,
-    submit_inflight: bool,
+    submit_inflight: usize,
     submit_pause_until: Option<Instant>,
     rate_strikes: u32,
     quota_parked: bool,
@@ -243,7 +245,7 @@ struct State {
 impl State {
     fn idle(&self) -> bool {
         self.submit_done
-            && !self.submit_inflight
+            && self.submit_inflight == 0
             && self.running.is_empty()
             && self.fetch_ready.is_empty()
             && self.fetch_delayed.is_empty()
@@ -415,6 +417,7 @@ pub async fn run(
                 last_poll: None,
                 errors: 0,
                 refresh: t.fetching,
+                polling: false,
             },
         );
     }
@@ -638,19 +641,42 @@ async fn submit_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
     {
         let mut st = s.state();
         st.submit_done = true;
-        st.submit_inflight = false;
     }
     s.check_idle();
     s.wake_all();
     result
 }
 
+/// Submits at most this many tasks at once (the limiter paces them; with high limits several
+/// answers are awaited together).
+const MAX_PARALLEL_SUBMITS: usize = 32;
+
 async fn submit_loop_inner(s: &Arc<Shared>, feed: &mut Feed) -> Result<(), SchedulerError> {
+    let mut inflight: JoinSet<Result<(), SchedulerError>> = JoinSet::new();
+    let result = submit_items(s, feed, &mut inflight).await;
+    // Submits under way finish and are recorded, whatever stopped the loop.
+    let mut first_err = result.err();
+    while let Some(done) = inflight.join_next().await {
+        if let Ok(Err(e)) = done {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn submit_items(
+    s: &Arc<Shared>,
+    feed: &mut Feed,
+    inflight: &mut JoinSet<Result<(), SchedulerError>>,
+) -> Result<(), SchedulerError> {
     loop {
+        while let Some(done) = inflight.try_join_next() {
+            done.map_err(|e| StoreError::Invalid(format!("a submit panicked: {e}")))??;
+        }
         if s.stop_submits.is_cancelled() {
             return Ok(());
         }
-        // Items the poller sent back (server timeout, model failure).
+        // Items sent back: retries of refused submits, and tasks the poller requeued.
         let requeued: Vec<PendingItem> = std::mem::take(&mut s.state().requeued);
         for item in requeued {
             feed.defer(item);
@@ -659,8 +685,14 @@ async fn submit_loop_inner(s: &Arc<Shared>, feed: &mut Feed) -> Result<(), Sched
         let item = match next {
             Ok(item) => item,
             Err(earliest) => {
-                let nothing_running = s.state().running.values().all(|t| t.refresh);
-                if earliest.is_none() && nothing_running && s.state().requeued.is_empty() {
+                let finished = {
+                    let st = s.state();
+                    earliest.is_none()
+                        && st.running.values().all(|t| t.refresh)
+                        && st.requeued.is_empty()
+                        && st.submit_inflight == 0
+                };
+                if finished {
                     return Ok(());
                 }
                 let wait = earliest
@@ -680,32 +712,51 @@ async fn submit_loop_inner(s: &Arc<Shared>, feed: &mut Feed) -> Result<(), Sched
             feed.defer(item);
             return Ok(());
         };
+        while inflight.len() >= MAX_PARALLEL_SUBMITS {
+            if let Some(done) = inflight.join_next().await {
+                done.map_err(|e| StoreError::Invalid(format!("a submit panicked: {e}")))??;
+            }
+        }
         tokio::select! {
             _ = s.submit_limiter.until_ready() => {}
             _ = s.stop_submits.cancelled() => {
                 release_slots(s, item.image_num, false);
+                feed.defer(item);
                 return Ok(());
             }
         }
-        s.state().submit_inflight = true;
-        s.store.mark_submitting(&item.key).await?;
-        let req = SubmitRequest {
-            prompt: item.prompt.clone(),
-            width: item.size.width,
-            height: item.size.height,
-            version: Some(item.version.as_str().to_string()),
-            image_num: Some(u32::from(item.image_num)),
-            task_time_out: None,
-            text_check: None,
-        };
-        let answer = s.client.submit(&req).await;
-        let outcome = handle_submit_answer(s, &item, answer).await;
-        s.state().submit_inflight = false;
-        if let Some(retry) = outcome? {
-            feed.defer(retry);
-        }
-        s.check_idle();
+        s.state().submit_inflight += 1;
+        let s2 = s.clone();
+        inflight.spawn(async move {
+            let result = submit_one(&s2, item).await;
+            s2.state().submit_inflight -= 1;
+            s2.wake_submit.notify_one();
+            s2.check_idle();
+            result
+        });
     }
+}
+
+/// One submit: the intent committed, the POST, the answer recorded.
+async fn submit_one(s: &Arc<Shared>, item: PendingItem) -> Result<(), SchedulerError> {
+    if let Err(e) = s.store.mark_submitting(&item.key).await {
+        release_slots(s, item.image_num, false);
+        return Err(e.into());
+    }
+    let req = SubmitRequest {
+        prompt: item.prompt.clone(),
+        width: item.size.width,
+        height: item.size.height,
+        version: Some(item.version.as_str().to_string()),
+        image_num: Some(u32::from(item.image_num)),
+        task_time_out: None,
+        text_check: None,
+    };
+    let answer = s.client.submit(&req).await;
+    if let Some(retry) = handle_submit_answer(s, &item, answer).await? {
+        s.state().requeued.push(retry);
+    }
+    Ok(())
 }
 
 /// Waits until the item may be submitted: not quota-parked, not cooling down, enough slots.
@@ -728,6 +779,7 @@ async fn wait_to_submit(s: &Arc<Shared>, item: &PendingItem) -> Option<()> {
             let idle_otherwise = {
                 let st = s.state();
                 st.running.is_empty()
+                    && st.submit_inflight == 0
                     && st.fetch_ready.is_empty()
                     && st.fetch_delayed.is_empty()
                     && st.fetch_inflight == 0
@@ -797,6 +849,7 @@ async fn handle_submit_answer(
                     last_poll: None,
                     errors: 0,
                     refresh: false,
+                    polling: false,
                 },
             );
             drop(st);
@@ -969,8 +1022,29 @@ fn next_due(
     now + Duration::from_secs_f64(wait.min(30.0))
 }
 
+/// Queries at most this many tasks at once (the limiter paces them).
+const MAX_PARALLEL_QUERIES: usize = 16;
+
 async fn poll_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
+    let mut inflight: JoinSet<Result<(), SchedulerError>> = JoinSet::new();
+    let result = poll_tasks(&s, &mut inflight).await;
+    let mut first_err = result.err();
+    while let Some(done) = inflight.join_next().await {
+        if let Ok(Err(e)) = done {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn poll_tasks(
+    s: &Arc<Shared>,
+    inflight: &mut JoinSet<Result<(), SchedulerError>>,
+) -> Result<(), SchedulerError> {
     loop {
+        while let Some(done) = inflight.try_join_next() {
+            done.map_err(|e| StoreError::Invalid(format!("a query panicked: {e}")))??;
+        }
         if s.halt.is_cancelled() || s.done.is_cancelled() {
             return Ok(());
         }
@@ -978,6 +1052,7 @@ async fn poll_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
             let st = s.state();
             st.running
                 .values()
+                .filter(|t| !t.polling)
                 .min_by_key(|t| t.due)
                 .map(|t| (t.key.clone(), t.due))
         };
@@ -998,17 +1073,40 @@ async fn poll_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
             }
             continue;
         }
+        while inflight.len() >= MAX_PARALLEL_QUERIES {
+            if let Some(done) = inflight.join_next().await {
+                done.map_err(|e| StoreError::Invalid(format!("a query panicked: {e}")))??;
+            }
+        }
         tokio::select! {
             _ = s.query_limiter.until_ready() => {}
             _ = s.halt.cancelled() => return Ok(()),
         }
-        let Some(task) = s.state().running.get(&key).cloned() else {
-            continue;
+        let task = {
+            let mut st = s.state();
+            match st.running.get_mut(&key) {
+                Some(t) if !t.polling => {
+                    t.polling = true;
+                    let mut copy = t.clone();
+                    copy.polling = false;
+                    copy
+                }
+                _ => continue,
+            }
         };
-        let answer = s.client.query(&task.task_id).await;
-        s.state().queries += 1;
-        handle_query_answer(&s, task, answer).await?;
-        s.check_idle();
+        let s2 = s.clone();
+        inflight.spawn(async move {
+            let answer = s2.client.query(&task.task_id).await;
+            s2.state().queries += 1;
+            let key = task.key.clone();
+            let result = handle_query_answer(&s2, task, answer).await;
+            if let Some(t) = s2.state().running.get_mut(&key) {
+                t.polling = false;
+            }
+            s2.wake_poll.notify_one();
+            s2.check_idle();
+            result
+        });
     }
 }
 
@@ -1457,6 +1555,7 @@ async fn request_fresh_urls(
                 last_poll: None,
                 errors: 0,
                 refresh: true,
+                polling: false,
             },
         );
     }
@@ -1497,6 +1596,7 @@ mod tests {
             last_poll: Some(now),
             errors: 0,
             refresh: false,
+            polling: false,
         };
         let due = next_due(&task, now, &Durations::default(), 1, 10.0);
         let wait = due.duration_since(now).as_secs_f64();

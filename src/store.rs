@@ -13,12 +13,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Serialize;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{ErrorClass, Size, Verdict, Version};
 use crate::jobfile::{ArchivePolicy, Item, Keep};
@@ -71,6 +74,15 @@ pub enum StoreError {
     /// A query failed.
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// The store was closed, or its writer stopped.
+    #[error("the store is closed")]
+    Closed,
+    /// The store was opened read-only.
+    #[error("the store is open read-only")]
+    ReadOnly,
+    /// A grouped commit failed; the change was not recorded.
+    #[error("store commit failed: {0}")]
+    Commit(String),
     /// A row holds a value this version does not know.
     #[error("the store holds an unexpected value: {0}")]
     Invalid(String),
@@ -356,8 +368,106 @@ pub struct Recovery {
 pub struct Store {
     pool: SqlitePool,
     path: PathBuf,
+    /// The one writer (absent when read-only): every write goes through it, and the writes
+    /// waiting while a commit is under way share the next transaction (group commit).
+    writer: Option<mpsc::UnboundedSender<WriterMsg>>,
     /// Held for the life of the store; dropping the last clone releases the lock.
     _lock: Option<Arc<File>>,
+}
+
+/// The result of one grouped write, delivered after its transaction committed (or failed).
+type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+
+/// One write, run inside the writer's transaction.
+struct Job {
+    run: Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send>,
+    /// Delivers an error without running (the transaction could not be started).
+    abort: Box<dyn FnOnce(String) + Send>,
+}
+
+enum WriterMsg {
+    Job(Job),
+    Stop(oneshot::Sender<()>),
+}
+
+/// Largest number of writes committed together.
+const MAX_GROUP: usize = 512;
+
+/// Runs queued writes: takes every write waiting, runs each in its own savepoint (one failing
+/// write does not undo the others), commits once, then answers each.
+async fn writer_loop(mut conn: PoolConnection<Sqlite>, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
+    let mut stop = None;
+    while stop.is_none() {
+        let Some(first) = rx.recv().await else { break };
+        let mut jobs = Vec::new();
+        match first {
+            WriterMsg::Job(j) => jobs.push(j),
+            WriterMsg::Stop(done) => stop = Some(done),
+        }
+        while stop.is_none() && jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(WriterMsg::Job(j)) => jobs.push(j),
+                Ok(WriterMsg::Stop(done)) => stop = Some(done),
+                Err(_) => break,
+            }
+        }
+        if jobs.is_empty() {
+            continue;
+        }
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            for j in jobs {
+                (j.abort)(e.to_string());
+            }
+            continue;
+        }
+        let mut finishes = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            finishes.push((j.run)(&mut conn).await);
+        }
+        let commit = match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e.to_string())
+            }
+        };
+        for f in finishes {
+            f(commit.clone());
+        }
+    }
+    drop(conn);
+    if let Some(done) = stop {
+        let _ = done.send(());
+    }
+}
+
+/// Runs `f` inside a savepoint, rolling back to it when `f` fails.
+async fn in_savepoint<T, F>(conn: &mut SqliteConnection, f: F) -> Result<T>
+where
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>>,
+{
+    sqlx::query("SAVEPOINT op").execute(&mut *conn).await?;
+    match f(&mut *conn).await {
+        Ok(v) => {
+            sqlx::query("RELEASE op").execute(&mut *conn).await?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK TO op").execute(&mut *conn).await;
+            let _ = sqlx::query("RELEASE op").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
+}
+
+fn job_of<F>(run: F, abort: Box<dyn FnOnce(String) + Send>) -> Job
+where
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send + 'static,
+{
+    Job {
+        run: Box::new(run),
+        abort,
+    }
 }
 
 impl Store {
@@ -375,9 +485,13 @@ impl Store {
         )))
         .execute(&pool)
         .await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = pool.acquire().await?;
+        tokio::spawn(writer_loop(conn, rx));
         Ok(Store {
             pool,
             path: path.to_path_buf(),
+            writer: Some(tx),
             _lock: Some(Arc::new(lock)),
         })
     }
@@ -396,6 +510,7 @@ impl Store {
         Ok(Store {
             pool,
             path: path.to_path_buf(),
+            writer: None,
             _lock: None,
         })
     }
@@ -403,7 +518,7 @@ impl Store {
     /// A write transaction. `BEGIN IMMEDIATE` takes the write lock up front: a deferred
     /// transaction that reads first cannot upgrade while another connection writes, and SQLite
     /// refuses it at once instead of waiting.
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 
@@ -412,9 +527,55 @@ impl Store {
         &self.path
     }
 
-    /// Closes the pool, checkpointing the WAL.
+    /// Stops the writer (after the writes already queued) and closes the pool, checkpointing
+    /// the WAL.
     pub async fn close(&self) {
+        if let Some(w) = &self.writer {
+            let (done, wait) = oneshot::channel();
+            if w.send(WriterMsg::Stop(done)).is_ok() {
+                let _ = wait.await;
+            }
+        }
         self.pool.close().await;
+    }
+
+    /// Runs `f` in the writer's next transaction and returns its result once that transaction
+    /// has committed: a write is durable before its caller goes on.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>> + Send + 'static,
+    {
+        let writer = self.writer.as_ref().ok_or(StoreError::ReadOnly)?;
+        let (reply, answer) = oneshot::channel::<Result<T>>();
+        let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
+        let on_abort = reply.clone();
+        let job = job_of(
+            move |conn| {
+                Box::pin(async move {
+                    let result = in_savepoint(conn, f).await;
+                    let finish: Finish = Box::new(move |commit| {
+                        let out = match commit {
+                            Ok(()) => result,
+                            Err(e) => Err(StoreError::Commit(e)),
+                        };
+                        if let Some(r) = reply.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                            let _ = r.send(out);
+                        }
+                    });
+                    finish
+                })
+            },
+            Box::new(move |e| {
+                if let Some(r) = on_abort.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = r.send(Err(StoreError::Commit(e)));
+                }
+            }),
+        );
+        writer
+            .send(WriterMsg::Job(job))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Adds a job file's batch and items. Items already present are left as they are (so a file
@@ -428,7 +589,7 @@ impl Store {
         items: &[Item],
     ) -> Result<LoadSummary> {
         let now = now_ms();
-        let mut tx = self.write().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO batches (name, review_policy, block_policy, source, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?5)
@@ -525,38 +686,41 @@ impl Store {
     #[tracing::instrument(skip_all)]
     pub async fn recover(&self) -> Result<Recovery> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let rows = sqlx::query(
-            "SELECT key, batch FROM items WHERE state = 'submitting' ORDER BY batch, seq",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut recovery = Recovery::default();
-        for row in rows {
-            let key: String = row.get("key");
-            let batch: String = row.get("batch");
-            sqlx::query(
-                "UPDATE items SET state = 'pending', ambiguous = ambiguous + 1, retry_at = NULL,
-                     updated_at = ?2 WHERE key = ?1",
-            )
-            .bind(&key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            event(
-                &mut tx,
-                now,
-                Some(&batch),
-                Some(&key),
-                "ambiguous",
-                None,
-                Some("interrupted submit"),
-            )
-            .await?;
-            recovery.ambiguous.push(key);
-        }
-        tx.commit().await?;
-        Ok(recovery)
+        self.write(move |tx| {
+            Box::pin(async move {
+                let rows = sqlx::query(
+                    "SELECT key, batch FROM items WHERE state = 'submitting' ORDER BY batch, seq",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut recovery = Recovery::default();
+                for row in rows {
+                    let key: String = row.get("key");
+                    let batch: String = row.get("batch");
+                    sqlx::query(
+                        "UPDATE items SET state = 'pending', ambiguous = ambiguous + 1, retry_at = NULL,
+                             updated_at = ?2 WHERE key = ?1",
+                    )
+                    .bind(&key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    event(
+                        &mut *tx,
+                        now,
+                        Some(&batch),
+                        Some(&key),
+                        "ambiguous",
+                        None,
+                        Some("interrupted submit"),
+                    )
+                    .await?;
+                    recovery.ambiguous.push(key);
+                }
+                Ok(recovery)
+            })
+        })
+        .await
     }
 
     /// Up to `limit` pending items of `batches` (all batches when empty) with seq > `after`, in
@@ -621,46 +785,59 @@ impl Store {
     /// Commits the intent to submit, before the POST.
     pub async fn mark_submitting(&self, key: &str) -> Result<()> {
         let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE items SET state = 'submitting', attempts = attempts + 1, updated_at = ?2
-             WHERE key = ?1 AND state = 'pending'",
-        )
-        .bind(key)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() != 1 {
-            return Err(StoreError::Invalid(format!("item {key} is not pending")));
-        }
-        Ok(())
+        let key = key.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                let done = sqlx::query(
+                    "UPDATE items SET state = 'submitting', attempts = attempts + 1, updated_at = ?2
+                     WHERE key = ?1 AND state = 'pending'",
+                )
+                .bind(&key)
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Invalid(format!("item {key} is not pending")));
+                }
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Records the task id of an answered submit.
     pub async fn mark_running(&self, key: &str, task_id: &str) -> Result<i64> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let batch: String = sqlx::query_scalar(
-            "UPDATE items SET state = 'running', task_id = ?2, submitted_at = ?3, retry_at = NULL,
-                 error_class = NULL, error_code = NULL, error_msg = NULL, updated_at = ?3
-             WHERE key = ?1 AND state = 'submitting' RETURNING batch",
-        )
-        .bind(key)
-        .bind(task_id)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            now,
-            Some(&batch),
-            Some(key),
-            "submitted",
-            None,
-            Some(task_id),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(now)
+        let key_o = key.to_owned();
+        let task_id_o = task_id.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let task_id = task_id_o.as_str();
+                let batch: String = sqlx::query_scalar(
+                    "UPDATE items SET state = 'running', task_id = ?2, submitted_at = ?3, retry_at = NULL,
+                         error_class = NULL, error_code = NULL, error_msg = NULL, updated_at = ?3
+                     WHERE key = ?1 AND state = 'submitting' RETURNING batch",
+                )
+                .bind(key)
+                .bind(task_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "submitted",
+                    None,
+                    Some(task_id),
+                )
+                .await?;
+                Ok(now)
+            })
+        })
+        .await
     }
 
     /// A submit that got no usable answer (timeout, dropped connection, garbled answer): the task
@@ -672,28 +849,35 @@ impl Store {
         retry_at: i64,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let batch: String = sqlx::query_scalar(
-            "UPDATE items SET state = 'pending', ambiguous = ambiguous + 1, retry_at = ?2, updated_at = ?3
-             WHERE key = ?1 AND state = 'submitting' RETURNING batch",
-        )
-        .bind(key)
-        .bind(retry_at)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            now,
-            Some(&batch),
-            Some(key),
-            "ambiguous",
-            None,
-            Some(detail),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let key_o = key.to_owned();
+        let detail_o = detail.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let detail = detail_o.as_str();
+                let batch: String = sqlx::query_scalar(
+                    "UPDATE items SET state = 'pending', ambiguous = ambiguous + 1, retry_at = ?2, updated_at = ?3
+                     WHERE key = ?1 AND state = 'submitting' RETURNING batch",
+                )
+                .bind(key)
+                .bind(retry_at)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "ambiguous",
+                    None,
+                    Some(detail),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// A submit the API refused with an error that allows a retry (rate, concurrency, quota,
@@ -708,32 +892,39 @@ impl Store {
         counts: bool,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let batch: String = sqlx::query_scalar(
-            "UPDATE items SET state = 'pending', retry_at = ?2, error_code = ?3, error_msg = ?4,
-                 attempts = attempts - (CASE WHEN ?5 THEN 0 ELSE 1 END), updated_at = ?6
-             WHERE key = ?1 AND state = 'submitting' RETURNING batch",
-        )
-        .bind(key)
-        .bind(retry_at)
-        .bind(code)
-        .bind(msg)
-        .bind(counts)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            now,
-            Some(&batch),
-            Some(key),
-            "submit_error",
-            code,
-            Some(msg),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let key_o = key.to_owned();
+        let msg_o = msg.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let msg = msg_o.as_str();
+                let batch: String = sqlx::query_scalar(
+                    "UPDATE items SET state = 'pending', retry_at = ?2, error_code = ?3, error_msg = ?4,
+                         attempts = attempts - (CASE WHEN ?5 THEN 0 ELSE 1 END), updated_at = ?6
+                     WHERE key = ?1 AND state = 'submitting' RETURNING batch",
+                )
+                .bind(key)
+                .bind(retry_at)
+                .bind(code)
+                .bind(msg)
+                .bind(counts)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "submit_error",
+                    code,
+                    Some(msg),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Terminal failure of an item (from `submitting` or `running`).
@@ -745,31 +936,38 @@ impl Store {
         msg: &str,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let batch: String = sqlx::query_scalar(
-            "UPDATE items SET state = 'failed', error_class = ?2, error_code = ?3, error_msg = ?4,
-                 finished_at = COALESCE(finished_at, ?5), retry_at = NULL, updated_at = ?5
-             WHERE key = ?1 AND state IN ('submitting', 'running', 'pending') RETURNING batch",
-        )
-        .bind(key)
-        .bind(class.as_str())
-        .bind(code)
-        .bind(msg)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            now,
-            Some(&batch),
-            Some(key),
-            "failed",
-            code,
-            Some(msg),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let key_o = key.to_owned();
+        let msg_o = msg.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let msg = msg_o.as_str();
+                let batch: String = sqlx::query_scalar(
+                    "UPDATE items SET state = 'failed', error_class = ?2, error_code = ?3, error_msg = ?4,
+                         finished_at = COALESCE(finished_at, ?5), retry_at = NULL, updated_at = ?5
+                     WHERE key = ?1 AND state IN ('submitting', 'running', 'pending') RETURNING batch",
+                )
+                .bind(key)
+                .bind(class.as_str())
+                .bind(code)
+                .bind(msg)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "failed",
+                    code,
+                    Some(msg),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// A running task failed in a way that allows a new submit (server timeout 216303, model
@@ -782,31 +980,38 @@ impl Store {
         retry_at: i64,
     ) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let batch: String = sqlx::query_scalar(
-            "UPDATE items SET state = 'pending', task_id = NULL, retry_at = ?2, error_code = ?3,
-                 error_msg = ?4, updated_at = ?5
-             WHERE key = ?1 AND state = 'running' RETURNING batch",
-        )
-        .bind(key)
-        .bind(retry_at)
-        .bind(code)
-        .bind(msg)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            now,
-            Some(&batch),
-            Some(key),
-            "task_retry",
-            code,
-            Some(msg),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let key_o = key.to_owned();
+        let msg_o = msg.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let msg = msg_o.as_str();
+                let batch: String = sqlx::query_scalar(
+                    "UPDATE items SET state = 'pending', task_id = NULL, retry_at = ?2, error_code = ?3,
+                         error_msg = ?4, updated_at = ?5
+                     WHERE key = ?1 AND state = 'running' RETURNING batch",
+                )
+                .bind(key)
+                .bind(retry_at)
+                .bind(code)
+                .bind(msg)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "task_retry",
+                    code,
+                    Some(msg),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Every running task (and every succeeded task with images still to fetch) of `batches`.
@@ -842,115 +1047,130 @@ impl Store {
         images: &[ListedImage],
     ) -> Result<Vec<FetchImage>> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let row = sqlx::query(
-            "SELECT i.batch, i.task_id, i.width, i.height, b.review_policy, b.block_policy
-             FROM items i JOIN batches b ON b.name = i.batch WHERE i.key = ? AND i.state = 'running'",
-        )
-        .bind(key)
-        .fetch_one(&mut *tx)
-        .await?;
-        let batch: String = row.get("batch");
-        let task_id: String = row.get::<Option<String>, _>("task_id").unwrap_or_default();
-        let size = size_of(&row);
-        let review = Keep::parse(row.get("review_policy")).unwrap_or(Keep::Keep);
-        let block = Keep::parse(row.get("block_policy")).unwrap_or(Keep::Skip);
-        let mut fetch = Vec::new();
-        for img in images {
-            let keep = match img.verdict {
-                Verdict::Pass => true,
-                Verdict::Review => review == Keep::Keep,
-                Verdict::Block => block == Keep::Keep,
-            };
-            let state = if keep {
-                ImageState::Listed
-            } else {
-                ImageState::Skipped
-            };
-            sqlx::query(
-                "INSERT INTO images (item_key, idx, state, verdict, width, height, url, url_expires_at, listed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT (item_key, idx) DO NOTHING",
-            )
-            .bind(key)
-            .bind(img.idx)
-            .bind(state.as_str())
-            .bind(img.verdict.as_str())
-            .bind(img.width)
-            .bind(img.height)
-            .bind(keep.then_some(img.url.as_str()))
-            .bind(keep.then_some(img.url_expires_at))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            if keep {
-                fetch.push(FetchImage {
-                    item_key: key.to_string(),
-                    idx: img.idx,
-                    batch: batch.clone(),
-                    task_id: task_id.clone(),
-                    url: img.url.clone(),
-                    url_expires_at: img.url_expires_at,
-                    verdict: img.verdict,
-                    size,
-                    attempts: 0,
-                });
-            }
-        }
-        let next = if fetch.is_empty() { "done" } else { "fetching" };
-        sqlx::query(
-            "UPDATE items SET state = ?2, finished_at = ?3, done_at = CASE WHEN ?2 = 'done' THEN ?3 END,
-                 updated_at = ?3 WHERE key = ?1",
-        )
-        .bind(key)
-        .bind(next)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            now,
-            Some(&batch),
-            Some(key),
-            "finished",
-            None,
-            Some(&images.len().to_string()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(fetch)
+        let key_o = key.to_owned();
+        let images_o = images.to_vec();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let images = &images_o[..];
+                let row = sqlx::query(
+                    "SELECT i.batch, i.task_id, i.width, i.height, b.review_policy, b.block_policy
+                     FROM items i JOIN batches b ON b.name = i.batch WHERE i.key = ? AND i.state = 'running'",
+                )
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                let batch: String = row.get("batch");
+                let task_id: String = row.get::<Option<String>, _>("task_id").unwrap_or_default();
+                let size = size_of(&row);
+                let review = Keep::parse(row.get("review_policy")).unwrap_or(Keep::Keep);
+                let block = Keep::parse(row.get("block_policy")).unwrap_or(Keep::Skip);
+                let mut fetch = Vec::new();
+                for img in images {
+                    let keep = match img.verdict {
+                        Verdict::Pass => true,
+                        Verdict::Review => review == Keep::Keep,
+                        Verdict::Block => block == Keep::Keep,
+                    };
+                    let state = if keep {
+                        ImageState::Listed
+                    } else {
+                        ImageState::Skipped
+                    };
+                    sqlx::query(
+                        "INSERT INTO images (item_key, idx, state, verdict, width, height, url, url_expires_at, listed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         ON CONFLICT (item_key, idx) DO NOTHING",
+                    )
+                    .bind(key)
+                    .bind(img.idx)
+                    .bind(state.as_str())
+                    .bind(img.verdict.as_str())
+                    .bind(img.width)
+                    .bind(img.height)
+                    .bind(keep.then_some(img.url.as_str()))
+                    .bind(keep.then_some(img.url_expires_at))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if keep {
+                        fetch.push(FetchImage {
+                            item_key: key.to_string(),
+                            idx: img.idx,
+                            batch: batch.clone(),
+                            task_id: task_id.clone(),
+                            url: img.url.clone(),
+                            url_expires_at: img.url_expires_at,
+                            verdict: img.verdict,
+                            size,
+                            attempts: 0,
+                        });
+                    }
+                }
+                let next = if fetch.is_empty() { "done" } else { "fetching" };
+                sqlx::query(
+                    "UPDATE items SET state = ?2, finished_at = ?3, done_at = CASE WHEN ?2 = 'done' THEN ?3 END,
+                         updated_at = ?3 WHERE key = ?1",
+                )
+                .bind(key)
+                .bind(next)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "finished",
+                    None,
+                    Some(&images.len().to_string()),
+                )
+                .await?;
+                Ok(fetch)
+            })
+        })
+        .await
     }
 
     /// Stores fresh URLs for the listed images of an item (after an expired URL).
     pub async fn refresh_urls(&self, key: &str, images: &[ListedImage]) -> Result<Vec<FetchImage>> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        for img in images {
-            sqlx::query(
-                "UPDATE images SET url = ?3, url_expires_at = ?4 WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'",
-            )
-            .bind(key)
-            .bind(img.idx)
-            .bind(&img.url)
-            .bind(img.url_expires_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let batch: Option<String> = sqlx::query_scalar("SELECT batch FROM items WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-        event(
-            &mut tx,
-            now,
-            batch.as_deref(),
-            Some(key),
-            "url_refresh",
-            None,
-            None,
-        )
+        let key_o = key.to_owned();
+        let images_o = images.to_vec();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let images = &images_o[..];
+                for img in images {
+                    sqlx::query(
+                        "UPDATE images SET url = ?3, url_expires_at = ?4 WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'",
+                    )
+                    .bind(key)
+                    .bind(img.idx)
+                    .bind(&img.url)
+                    .bind(img.url_expires_at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let batch: Option<String> = sqlx::query_scalar("SELECT batch FROM items WHERE key = ?")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    batch.as_deref(),
+                    Some(key),
+                    "url_refresh",
+                    None,
+                    None,
+                )
+                .await?;
+                Ok(())
+            })
+        })
         .await?;
-        tx.commit().await?;
         self.fetch_images_of(key).await
     }
 
@@ -988,76 +1208,98 @@ impl Store {
         bytes: i64,
     ) -> Result<ImageRecord> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        sqlx::query(
-            "UPDATE images SET state = 'archived', path = ?3, sha256 = ?4, bytes = ?5, archived_at = ?6,
-                 slack_ms = url_expires_at - ?6, error = NULL
-             WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'",
-        )
-        .bind(key)
-        .bind(idx)
-        .bind(path)
-        .bind(sha256)
-        .bind(bytes)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        finish_item_if_complete(&mut tx, key, now).await?;
-        let record = image_record(&mut tx, key, idx).await?;
-        event(
-            &mut tx,
-            now,
-            Some(&record.batch),
-            Some(key),
-            "archived",
-            None,
-            Some(&idx.to_string()),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(record)
+        let key_o = key.to_owned();
+        let path_o = path.to_owned();
+        let sha256_o = sha256.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let path = path_o.as_str();
+                let sha256 = sha256_o.as_str();
+                sqlx::query(
+                    "UPDATE images SET state = 'archived', path = ?3, sha256 = ?4, bytes = ?5, archived_at = ?6,
+                         slack_ms = url_expires_at - ?6, error = NULL
+                     WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'",
+                )
+                .bind(key)
+                .bind(idx)
+                .bind(path)
+                .bind(sha256)
+                .bind(bytes)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                finish_item_if_complete(&mut *tx, key, now).await?;
+                let record = image_record(&mut *tx, key, idx).await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&record.batch),
+                    Some(key),
+                    "archived",
+                    None,
+                    Some(&idx.to_string()),
+                )
+                .await?;
+                Ok(record)
+            })
+        })
+        .await
     }
 
     /// Records that an image's URL is dead and could not be refreshed.
     pub async fn mark_lost(&self, key: &str, idx: u32, reason: &str) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        sqlx::query("UPDATE images SET state = 'lost', error = ?3 WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'")
-            .bind(key)
-            .bind(idx)
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
-        finish_item_if_complete(&mut tx, key, now).await?;
-        let batch: Option<String> = sqlx::query_scalar("SELECT batch FROM items WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-        event(
-            &mut tx,
-            now,
-            batch.as_deref(),
-            Some(key),
-            "lost",
-            None,
-            Some(reason),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let key_o = key.to_owned();
+        let reason_o = reason.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let reason = reason_o.as_str();
+                sqlx::query("UPDATE images SET state = 'lost', error = ?3 WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'")
+                    .bind(key)
+                    .bind(idx)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                finish_item_if_complete(&mut *tx, key, now).await?;
+                let batch: Option<String> = sqlx::query_scalar("SELECT batch FROM items WHERE key = ?")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    batch.as_deref(),
+                    Some(key),
+                    "lost",
+                    None,
+                    Some(reason),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Counts a failed download attempt of an image.
     pub async fn note_fetch_error(&self, key: &str, idx: u32, error: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "UPDATE images SET attempts = attempts + 1, error = ?3 WHERE item_key = ?1 AND idx = ?2
-             RETURNING attempts",
-        )
-        .bind(key)
-        .bind(idx)
-        .bind(error)
-        .fetch_one(&self.pool)
-        .await?)
+        let (key, error) = (key.to_owned(), error.to_owned());
+        self.write(move |c| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar(
+                    "UPDATE images SET attempts = attempts + 1, error = ?3 WHERE item_key = ?1 AND idx = ?2
+                     RETURNING attempts",
+                )
+                .bind(&key)
+                .bind(idx)
+                .bind(&error)
+                .fetch_one(&mut *c)
+                .await?)
+            })
+        })
+        .await
     }
 
     /// Archive records (archived, skipped and lost images) of a batch, in item order: the
@@ -1076,66 +1318,80 @@ impl Store {
     /// back to `fetching`, so the next run downloads it again (after refreshing its URL).
     pub async fn requeue_image(&self, key: &str, idx: u32, reason: &str) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        sqlx::query(
-            "UPDATE images SET state = 'listed', path = NULL, sha256 = NULL, bytes = NULL, archived_at = NULL,
-                 slack_ms = NULL, url_expires_at = 0, attempts = 0, error = ?3
-             WHERE item_key = ?1 AND idx = ?2",
-        )
-        .bind(key)
-        .bind(idx)
-        .bind(reason)
-        .execute(&mut *tx)
-        .await?;
-        let batch: String = sqlx::query_scalar(
-            "UPDATE items SET state = 'fetching', done_at = NULL, updated_at = ?2 WHERE key = ?1 RETURNING batch",
-        )
-        .bind(key)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        event(
-            &mut tx,
-            now,
-            Some(&batch),
-            Some(key),
-            "requeued",
-            None,
-            Some(reason),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let key_o = key.to_owned();
+        let reason_o = reason.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let key = key_o.as_str();
+                let reason = reason_o.as_str();
+                sqlx::query(
+                    "UPDATE images SET state = 'listed', path = NULL, sha256 = NULL, bytes = NULL, archived_at = NULL,
+                         slack_ms = NULL, url_expires_at = 0, attempts = 0, error = ?3
+                     WHERE item_key = ?1 AND idx = ?2",
+                )
+                .bind(key)
+                .bind(idx)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+                let batch: String = sqlx::query_scalar(
+                    "UPDATE items SET state = 'fetching', done_at = NULL, updated_at = ?2 WHERE key = ?1 RETURNING batch",
+                )
+                .bind(key)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "requeued",
+                    None,
+                    Some(reason),
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Puts failed items back to pending (all, or those of one error class). Returns how many.
     pub async fn requeue_failed(&self, batches: &[String], class: Option<&str>) -> Result<u64> {
         let now = now_ms();
-        let mut tx = self.write().await?;
-        let keys: Vec<(String, String)> = sqlx::query_as(
-            "SELECT key, batch FROM items WHERE state = 'failed' AND (?1 IS NULL OR error_class = ?1)
-               AND (?2 = '[]' OR batch IN (SELECT value FROM json_each(?2)))",
-        )
-        .bind(class)
-        .bind(batch_filter(batches))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut n = 0;
-        for (key, batch) in keys {
-            sqlx::query(
-                "UPDATE items SET state = 'pending', attempts = 0, retry_at = NULL, task_id = NULL,
-                     error_class = NULL, error_code = NULL, error_msg = NULL, finished_at = NULL,
-                     updated_at = ?2 WHERE key = ?1",
-            )
-            .bind(&key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            event(&mut tx, now, Some(&batch), Some(&key), "retry", None, class).await?;
-            n += 1;
-        }
-        tx.commit().await?;
-        Ok(n)
+        let batches_o = batches.to_vec();
+        let class_o = class.map(str::to_owned);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let batches = &batches_o[..];
+                let class = class_o.as_deref();
+                let keys: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT key, batch FROM items WHERE state = 'failed' AND (?1 IS NULL OR error_class = ?1)
+                       AND (?2 = '[]' OR batch IN (SELECT value FROM json_each(?2)))",
+                )
+                .bind(class)
+                .bind(batch_filter(batches))
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut n = 0;
+                for (key, batch) in keys {
+                    sqlx::query(
+                        "UPDATE items SET state = 'pending', attempts = 0, retry_at = NULL, task_id = NULL,
+                             error_class = NULL, error_code = NULL, error_msg = NULL, finished_at = NULL,
+                             updated_at = ?2 WHERE key = ?1",
+                    )
+                    .bind(&key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    event(&mut *tx, now, Some(&batch), Some(&key), "retry", None, class).await?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .await
     }
 
     /// Where each batch stands.
@@ -1251,25 +1507,37 @@ impl Store {
         token: &str,
         expires_at: i64,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO token_cache (id, base_url, client_id, access_token, expires_at) VALUES (1, ?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET base_url = ?1, client_id = ?2, access_token = ?3, expires_at = ?4",
-        )
-        .bind(base_url)
-        .bind(client_id)
-        .bind(token)
-        .bind(expires_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let (base_url, client_id, token) =
+            (base_url.to_owned(), client_id.to_owned(), token.to_owned());
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO token_cache (id, base_url, client_id, access_token, expires_at) VALUES (1, ?1, ?2, ?3, ?4)
+                     ON CONFLICT (id) DO UPDATE SET base_url = ?1, client_id = ?2, access_token = ?3, expires_at = ?4",
+                )
+                .bind(&base_url)
+                .bind(&client_id)
+                .bind(&token)
+                .bind(expires_at)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Forgets the cached token (after the API called it invalid or expired).
     pub async fn clear_token(&self) -> Result<()> {
-        sqlx::query("DELETE FROM token_cache")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(|c| {
+            Box::pin(async move {
+                sqlx::query("DELETE FROM token_cache")
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Records an event that belongs to no state change (an error answer, a quota park).
@@ -1281,33 +1549,58 @@ impl Store {
         code: Option<i64>,
         detail: Option<&str>,
     ) -> Result<()> {
-        let mut tx = self.write().await?;
-        event(&mut tx, now_ms(), batch, key, kind, code, detail).await?;
-        tx.commit().await?;
-        Ok(())
+        let batch_o = batch.map(str::to_owned);
+        let key_o = key.map(str::to_owned);
+        let kind_o = kind.to_owned();
+        let detail_o = detail.map(str::to_owned);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let batch = batch_o.as_deref();
+                let key = key_o.as_deref();
+                let kind = kind_o.as_str();
+                let detail = detail_o.as_deref();
+                event(&mut *tx, now_ms(), batch, key, kind, code, detail).await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// Starts a run record; returns its id.
     pub async fn start_run(&self, command: &str) -> Result<i64> {
-        Ok(
-            sqlx::query_scalar("INSERT INTO runs (command, started_at) VALUES (?, ?) RETURNING id")
-                .bind(command)
+        let command = command.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                Ok(sqlx::query_scalar(
+                    "INSERT INTO runs (command, started_at) VALUES (?, ?) RETURNING id",
+                )
+                .bind(&command)
                 .bind(now_ms())
-                .fetch_one(&self.pool)
-                .await?,
-        )
+                .fetch_one(&mut *c)
+                .await?)
+            })
+        })
+        .await
     }
 
     /// Closes a run record.
     pub async fn end_run(&self, id: i64, exit_code: i32, summary: &str) -> Result<()> {
-        sqlx::query("UPDATE runs SET ended_at = ?2, exit_code = ?3, summary = ?4 WHERE id = ?1")
-            .bind(id)
-            .bind(now_ms())
-            .bind(exit_code)
-            .bind(summary)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let summary = summary.to_owned();
+        self.write(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE runs SET ended_at = ?2, exit_code = ?3, summary = ?4 WHERE id = ?1",
+                )
+                .bind(id)
+                .bind(now_ms())
+                .bind(exit_code)
+                .bind(&summary)
+                .execute(&mut *c)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 }
 
@@ -1385,17 +1678,13 @@ fn record_of(r: &SqliteRow) -> Result<ImageRecord> {
     })
 }
 
-async fn image_record(
-    tx: &mut Transaction<'_, Sqlite>,
-    key: &str,
-    idx: u32,
-) -> Result<ImageRecord> {
+async fn image_record(tx: &mut SqliteConnection, key: &str, idx: u32) -> Result<ImageRecord> {
     let row = sqlx::query(AssertSqlSafe(format!(
         "{RECORD_SELECT} WHERE m.item_key = ? AND m.idx = ?"
     )))
     .bind(key)
     .bind(idx)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     record_of(&row)
 }
@@ -1417,11 +1706,7 @@ fn verdict_of(r: &SqliteRow) -> Result<Verdict> {
     Verdict::parse(&v).ok_or_else(|| StoreError::Invalid(format!("verdict {v:?}")))
 }
 
-async fn finish_item_if_complete(
-    tx: &mut Transaction<'_, Sqlite>,
-    key: &str,
-    now: i64,
-) -> Result<()> {
+async fn finish_item_if_complete(tx: &mut SqliteConnection, key: &str, now: i64) -> Result<()> {
     sqlx::query(
         "UPDATE items SET state = 'done', done_at = ?2, updated_at = ?2
          WHERE key = ?1 AND state = 'fetching'
@@ -1429,13 +1714,13 @@ async fn finish_item_if_complete(
     )
     .bind(key)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
 async fn event(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     at: i64,
     batch: Option<&str>,
     key: Option<&str>,
@@ -1452,7 +1737,7 @@ async fn event(
     .bind(kind)
     .bind(code)
     .bind(detail)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }
