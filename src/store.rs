@@ -378,9 +378,12 @@ pub struct Store {
 /// The result of one grouped write, delivered after its transaction committed (or failed).
 type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
 
+/// A write's body: runs on the writer's connection, hands back how to answer.
+type RunJob = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send>;
+
 /// One write, run inside the writer's transaction.
 struct Job {
-    run: Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send>,
+    run: RunJob,
     /// Delivers an error without running (the transaction could not be started).
     abort: Box<dyn FnOnce(String) + Send>,
 }
