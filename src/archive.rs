@@ -14,9 +14,11 @@
 //! is rewritten from the store (temp file, fsync, rename) at the start and end of every run, and
 //! appended to as images are archived in between, so it always agrees with the store at rest.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -76,6 +78,8 @@ pub enum FileCheck {
 #[derive(Debug, Clone)]
 pub struct Archive {
     root: PathBuf,
+    /// Folders already checked (real folders, no symlinks) in this process.
+    checked: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 /// Whether `name` is a safe batch name (the job file's rule, checked again here because it names
@@ -96,7 +100,10 @@ fn is_safe_key(key: &str) -> bool {
 impl Archive {
     /// An archive rooted at `root` (created when first written).
     pub fn new(root: impl Into<PathBuf>) -> Archive {
-        Archive { root: root.into() }
+        Archive {
+            root: root.into(),
+            checked: Arc::default(),
+        }
     }
 
     /// The archive root.
@@ -123,6 +130,14 @@ impl Archive {
     /// Creates `dir` and its parents below the root, refusing symlinks on the way (a planted
     /// symlink must not lead writes out of the archive).
     fn ensure_dir(&self, dir: &Path) -> Result<()> {
+        if self
+            .checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(dir)
+        {
+            return Ok(());
+        }
         let rel = dir.strip_prefix(&self.root).map_err(|_| {
             ArchiveError::Unsafe(format!("{} is outside the archive", dir.display()))
         })?;
@@ -161,6 +176,10 @@ impl Archive {
                 Err(e) => return Err(io_at("inspect", &cur)(e)),
             }
         }
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(dir.to_path_buf());
         Ok(())
     }
 
@@ -207,6 +226,34 @@ impl Archive {
         Ok(self.batch_dir(batch)?.join(rel_path))
     }
 
+    /// Verifies downloaded bytes (a complete PNG of the requested size), writes them through a
+    /// temp file, fsyncs, renames into place and makes the rename durable. Returns the path.
+    pub fn store_image(
+        &self,
+        batch: &str,
+        key: &str,
+        idx: u32,
+        bytes: &[u8],
+        expected: Size,
+    ) -> Result<PathBuf> {
+        verify_png_bytes(bytes, expected)?;
+        let tmp = self.temp_path(batch, key, idx)?;
+        let written = File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(bytes)?;
+                f.sync_all()
+            })
+            .map_err(io_at("write", &tmp));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let rel = Archive::image_rel_path(key, idx)?;
+        self.commit_image(&tmp, batch, &rel).inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+    }
+
     /// Moves a verified download into place and makes the rename durable.
     pub fn commit_image(&self, tmp: &Path, batch: &str, rel: &str) -> Result<PathBuf> {
         let dest = self.resolve(batch, rel)?;
@@ -232,16 +279,19 @@ impl Archive {
         let sidecar = image.with_extension("json");
         let json =
             serde_json::to_vec_pretty(record).map_err(|e| ArchiveError::BadImage(e.to_string()))?;
-        write_atomic(&sidecar, &json)
+        // Atomic (temp file, rename) but not fsynced: a sidecar is derived from the store, and
+        // every run rewrites one that is missing or empty.
+        write_renamed(&sidecar, &json, false)
     }
 
-    /// Whether the sidecar of an archived image exists.
+    /// Whether the sidecar of an archived image exists and is not empty.
     pub fn has_sidecar(&self, record: &ImageRecord) -> bool {
         record
             .path
             .as_deref()
             .and_then(|rel| self.resolve(&record.batch, rel).ok())
-            .is_some_and(|p| p.with_extension("json").exists())
+            .and_then(|p| fs::metadata(p.with_extension("json")).ok())
+            .is_some_and(|m| m.len() > 0)
     }
 
     /// Appends one record to the batch's manifest.
@@ -308,15 +358,26 @@ fn refuse_symlink(path: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` through a temp file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_renamed(path, bytes, true)
+}
+
+/// Writes `bytes` to a temp file beside `path` and renames it into place; with `durable`, the
+/// data and the rename are fsynced too.
+fn write_renamed(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     refuse_symlink(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp =
         tempfile::NamedTempFile::new_in(dir).map_err(io_at("create temp file in", dir))?;
     tmp.write_all(bytes).map_err(io_at("write", tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io_at("sync", path))?;
+    if durable {
+        tmp.as_file().sync_all().map_err(io_at("sync", path))?;
+    }
     tmp.persist(path)
         .map_err(|e| io_at("rename into", path)(e.error))?;
-    sync_dir(dir)
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -338,8 +399,13 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 /// Checks that `path` holds a complete PNG of exactly `expected` size: the header parses and
 /// every row decodes (a truncated file fails here).
 pub fn verify_png(path: &Path, expected: Size) -> Result<()> {
-    let file = File::open(path).map_err(io_at("open", path))?;
-    let decoder = png::Decoder::new(BufReader::new(file));
+    let bytes = fs::read(path).map_err(io_at("read", path))?;
+    verify_png_bytes(&bytes, expected)
+}
+
+/// [`verify_png`] for bytes in memory.
+pub fn verify_png_bytes(bytes: &[u8], expected: Size) -> Result<()> {
+    let decoder = png::Decoder::new(io::Cursor::new(bytes));
     let mut reader = decoder
         .read_info()
         .map_err(|e| ArchiveError::BadImage(format!("not a PNG: {e}")))?;
@@ -350,10 +416,22 @@ pub fn verify_png(path: &Path, expected: Size) -> Result<()> {
             "{got} instead of {expected}"
         )));
     }
-    let mut buf = vec![0; reader.output_buffer_size()];
-    reader
-        .next_frame(&mut buf)
-        .map_err(|e| ArchiveError::BadImage(format!("PNG does not decode: {e}")))?;
+    // Row by row: every row is inflated and unfiltered (a truncated or corrupt stream fails),
+    // without allocating the whole frame.
+    let mut rows = 0;
+    while reader
+        .next_row()
+        .map_err(|e| ArchiveError::BadImage(format!("PNG does not decode: {e}")))?
+        .is_some()
+    {
+        rows += 1;
+    }
+    if rows != expected.height {
+        return Err(ArchiveError::BadImage(format!(
+            "{rows} rows instead of {}",
+            expected.height
+        )));
+    }
     Ok(())
 }
 

@@ -7,12 +7,10 @@
 //! or a log line; the secret key is never written anywhere.
 
 use std::fmt;
-use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use crate::api::{
@@ -151,9 +149,6 @@ pub enum ClientError {
     /// The image URL is not http(s).
     #[error("refusing to download from a non-http(s) URL")]
     BadUrl,
-    /// Writing the download failed (disk full, no permission).
-    #[error("cannot write the download: {0}")]
-    Disk(#[source] std::io::Error),
     /// The token cache could not be read or written.
     #[error("token cache: {0}")]
     Store(#[from] crate::store::StoreError),
@@ -172,7 +167,7 @@ impl ClientError {
             ClientError::Transport { .. } | ClientError::Malformed { .. } => ErrorClass::Transient,
             ClientError::Expired { .. } => ErrorClass::Transient,
             ClientError::TooLarge { .. } => ErrorClass::Permanent,
-            ClientError::Disk(_) | ClientError::Store(_) => ErrorClass::Fatal,
+            ClientError::Store(_) => ErrorClass::Fatal,
         }
     }
 
@@ -199,20 +194,24 @@ impl ClientError {
     pub fn is_expired(&self) -> bool {
         matches!(self, ClientError::Expired { .. })
     }
-
-    /// Whether the local disk failed (not the network).
-    pub fn is_disk(&self) -> bool {
-        matches!(self, ClientError::Disk(_))
-    }
 }
 
 /// A finished download.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Downloaded {
-    /// Bytes written.
-    pub bytes: u64,
+    /// The bytes.
+    pub body: Vec<u8>,
     /// Hex SHA-256 of the bytes.
     pub sha256: String,
+}
+
+impl fmt::Debug for Downloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Downloaded")
+            .field("bytes", &self.body.len())
+            .field("sha256", &self.sha256)
+            .finish()
+    }
 }
 
 /// The API client. Share it behind an `Arc`.
@@ -523,10 +522,11 @@ impl Client {
         .await
     }
 
-    /// Streams an image into `dest` (created or truncated), hashing it on the way; bounded in
-    /// size and time, http(s) only. The caller verifies the bytes and renames the file.
+    /// Downloads an image into memory, hashing it on the way; bounded in size (the body is
+    /// refused as soon as it passes the limit) and time, http(s) only. The caller verifies the
+    /// bytes and writes them.
     #[tracing::instrument(skip_all)]
-    pub async fn download(&self, url: &str, dest: &Path) -> Result<Downloaded, ClientError> {
+    pub async fn download(&self, url: &str) -> Result<Downloaded, ClientError> {
         const WHAT: &str = "image download";
         let parsed = reqwest::Url::parse(url).map_err(|_| ClientError::BadUrl)?;
         if !matches!(parsed.scheme(), "http" | "https") {
@@ -551,32 +551,26 @@ impl Client {
         if expected.is_some_and(|n| n > limit) {
             return Err(ClientError::TooLarge { limit });
         }
-        let mut file = tokio::fs::File::create(dest)
-            .await
-            .map_err(ClientError::Disk)?;
+        let mut body = Vec::with_capacity(expected.unwrap_or(0).min(limit) as usize);
         let mut hasher = Sha256::new();
-        let mut written: u64 = 0;
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| transport(WHAT, e))?;
-            written += chunk.len() as u64;
-            if written > limit {
+            if (body.len() + chunk.len()) as u64 > limit {
                 return Err(ClientError::TooLarge { limit });
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(ClientError::Disk)?;
+            body.extend_from_slice(&chunk);
         }
-        if let Some(n) = expected.filter(|n| *n != written) {
+        if let Some(n) = expected.filter(|n| *n != body.len() as u64) {
             return Err(ClientError::Malformed {
                 what: WHAT,
-                detail: format!("expected {n} bytes, got {written}"),
+                detail: format!("expected {n} bytes, got {}", body.len()),
             });
         }
-        file.flush().await.map_err(ClientError::Disk)?;
-        file.sync_all().await.map_err(ClientError::Disk)?;
         Ok(Downloaded {
-            bytes: written,
             sha256: hex::encode(hasher.finalize()),
+            body,
         })
     }
 }

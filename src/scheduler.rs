@@ -1395,77 +1395,77 @@ async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerEr
     let dest = s.archive.resolve(&image.batch, &rel)?;
     // A crash between the rename and the store's record leaves a complete, verified file: adopt it.
     if dest.exists() {
-        if archive::verify_png(&dest, image.size).is_ok() {
-            let (sha, bytes) = archive::hash_file(&dest).map_err(|e| ArchiveError::Io {
-                op: "read",
-                path: dest.clone(),
-                source: e,
-            })?;
+        let (path, size) = (dest.clone(), image.size);
+        let adopted = blocking(move || {
+            if archive::verify_png(&path, size).is_err() {
+                let _ = std::fs::remove_file(&path);
+                return Ok(None);
+            }
+            archive::hash_file(&path)
+                .map(Some)
+                .map_err(|e| ArchiveError::Io {
+                    op: "read",
+                    path: path.clone(),
+                    source: e,
+                })
+        })
+        .await?;
+        if let Some((sha, bytes)) = adopted {
             return record_archived(s, &image, &rel, &sha, bytes).await;
         }
-        let _ = std::fs::remove_file(&dest);
     }
     if image.url_expires_at <= now_ms() + EXPIRY_MARGIN_MS {
         return request_fresh_urls(s, image, "URL expired before download").await;
     }
-    let tmp = match s
-        .archive
-        .temp_path(&image.batch, &image.item_key, image.idx)
-    {
-        Ok(t) => t,
-        Err(e) => {
-            s.fail_run(StopReason::Fatal, e.to_string());
-            s.state().push_fetch(image);
-            return Ok(());
-        }
-    };
-    let download = s.client.download(&image.url, &tmp).await;
+    let download = s.client.download(&image.url).await;
     let verified = match download {
-        Ok(d) => match archive::verify_png(&tmp, image.size) {
-            Ok(()) => Ok(d),
-            Err(e) => Err(DownloadFailure::Archive(e)),
-        },
+        Ok(d) => {
+            // Decoding, fsync and rename block: off the async workers.
+            let (archive, batch, key) = (
+                s.archive.clone(),
+                image.batch.clone(),
+                image.item_key.clone(),
+            );
+            let (idx, size) = (image.idx, image.size);
+            blocking(move || {
+                archive
+                    .store_image(&batch, &key, idx, &d.body, size)
+                    .map(|_| (d.sha256, d.body.len() as u64))
+            })
+            .await
+            .map_err(DownloadFailure::Archive)
+        }
         Err(e) => Err(DownloadFailure::Client(e)),
     };
     match verified {
-        Ok(d) => match s.archive.commit_image(&tmp, &image.batch, &rel) {
-            Ok(_) => record_archived(s, &image, &rel, &d.sha256, d.bytes).await,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+        Ok((sha, bytes)) => record_archived(s, &image, &rel, &sha, bytes).await,
+        Err(failure) => match failure {
+            DownloadFailure::Client(e) if e.is_expired() => {
+                request_fresh_urls(s, image, &e.to_string()).await
+            }
+            DownloadFailure::Client(e @ (ClientError::BadUrl | ClientError::TooLarge { .. })) => {
+                mark_lost(s, &image, &format!("refused download: {e}")).await
+            }
+            DownloadFailure::Archive(ArchiveError::BadImage(m)) => retry_fetch(s, image, &m).await,
+            DownloadFailure::Archive(e) => {
                 s.fail_run(StopReason::Fatal, e.to_string());
                 s.state().push_fetch(image);
                 Ok(())
             }
+            DownloadFailure::Client(e) => retry_fetch(s, image, &e.to_string()).await,
         },
-        Err(failure) => {
-            let _ = std::fs::remove_file(&tmp);
-            match failure {
-                DownloadFailure::Client(e) if e.is_disk() => {
-                    s.fail_run(
-                        StopReason::Fatal,
-                        format!("archive {}: {e}", s.archive.root().display()),
-                    );
-                    s.state().push_fetch(image);
-                    Ok(())
-                }
-                DownloadFailure::Client(e) if e.is_expired() => {
-                    request_fresh_urls(s, image, &e.to_string()).await
-                }
-                DownloadFailure::Client(
-                    e @ (ClientError::BadUrl | ClientError::TooLarge { .. }),
-                ) => mark_lost(s, &image, &format!("refused download: {e}")).await,
-                DownloadFailure::Archive(ArchiveError::BadImage(m)) => {
-                    retry_fetch(s, image, &m).await
-                }
-                DownloadFailure::Archive(e) => {
-                    s.fail_run(StopReason::Fatal, e.to_string());
-                    s.state().push_fetch(image);
-                    Ok(())
-                }
-                DownloadFailure::Client(e) => retry_fetch(s, image, &e.to_string()).await,
-            }
-        }
     }
+}
+
+/// Runs blocking archive work (decoding, hashing, fsync, rename) on the blocking pool.
+async fn blocking<T, F>(f: F) -> Result<T, ArchiveError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ArchiveError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ArchiveError::Unsafe(format!("archive worker failed: {e}"))))
 }
 
 enum DownloadFailure {
@@ -1484,8 +1484,12 @@ async fn record_archived(
         .store
         .mark_archived(&image.item_key, image.idx, rel, sha, bytes as i64)
         .await?;
-    s.archive.write_sidecar(&record)?;
-    s.archive.append_manifest(&record)?;
+    let archive = s.archive.clone();
+    blocking(move || {
+        archive.write_sidecar(&record)?;
+        archive.append_manifest(&record)
+    })
+    .await?;
     let mut st = s.state();
     st.archived += 1;
     st.fetch_owned.remove(&(image.item_key.clone(), image.idx));
