@@ -187,9 +187,27 @@ impl Ord for Queued {
 #[derive(Debug, Default)]
 struct Durations {
     recent: VecDeque<f64>,
+    /// Share of a generation spent before progress starts rising (queued, initialising).
+    wait_shares: VecDeque<f64>,
 }
 
 impl Durations {
+    fn record_wait_share(&mut self, share: f64) {
+        if self.wait_shares.len() == 64 {
+            self.wait_shares.pop_front();
+        }
+        self.wait_shares.push_back(share.clamp(0.0, 0.9));
+    }
+
+    fn wait_share(&self) -> Option<f64> {
+        if self.wait_shares.len() < 3 {
+            return None;
+        }
+        let mut v: Vec<f64> = self.wait_shares.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        Some(v[v.len() / 2])
+    }
+
     fn record(&mut self, secs: f64) {
         if self.recent.len() == 64 {
             self.recent.pop_front();
@@ -995,6 +1013,12 @@ fn first_poll_delay(d: &Durations) -> Duration {
 }
 
 /// When to poll a task next, after a poll that found it unfinished.
+///
+/// Progress is 0 while a task waits and then rises (the simulator: linearly) to 1, so two
+/// readings give its speed and the time it will end: the next poll is aimed just after that end.
+/// After one reading the next comes soon, to measure the speed. Without progress, the typical
+/// generation time seen so far says when the task should end; past that, the task gets its fair
+/// share of the query budget.
 fn next_due(
     task: &Task,
     now: Instant,
@@ -1002,23 +1026,38 @@ fn next_due(
     running: usize,
     query_qps: f64,
 ) -> Instant {
-    // The task's fair share of the query budget, but never slower than every 10 s.
+    /// Polls aimed at an end come this long after it (answers are cheap; lag is not).
+    const AIM_AFTER: f64 = 0.01;
+    /// Never poll one task more often than this.
+    const FLOOR: f64 = 0.03;
     let share = if query_qps.is_finite() && query_qps > 0.0 {
         (running.max(1) as f64 / query_qps).min(10.0)
     } else {
         0.0
     };
-    let gap = share.max(0.02);
+    let gap = share.max(FLOOR);
     let elapsed = now.duration_since(task.started).as_secs_f64();
-    let predicted_total = match (task.prev_progress, task.progress) {
+    let wait = match (task.prev_progress, task.progress) {
         (Some((p0, t0)), Some((p1, t1))) if p1 > p0 + 1e-6 && t1 > t0 => {
-            Some(t1 + (1.0 - p1) * (t1 - t0) / (p1 - p0))
+            let end = t1 + (1.0 - p1) * (t1 - t0) / (p1 - p0);
+            (end - elapsed + AIM_AFTER).max(FLOOR)
         }
-        (_, Some((p1, t1))) if p1 > 0.01 && p1 < 1.0 => Some(t1 / p1),
-        _ => durations.quantile(0.5),
+        (_, Some((p1, t1))) if p1 > 0.0 && p1 < 1.0 => match durations.wait_share() {
+            // With the share w of a generation spent before progress rises (learned from
+            // finished tasks), p1 = (t1 - wT) / (T - wT) gives the end T.
+            Some(w) => {
+                let end = t1 / (p1 * (1.0 - w) + w);
+                (end - elapsed + AIM_AFTER).max(FLOOR)
+            }
+            // Otherwise the latest the task can end is t1 / p1 (had it started at once); read
+            // again soon to measure its speed.
+            None => (0.25 * t1).min(t1 / p1 - elapsed).max(FLOOR),
+        },
+        _ => match durations.quantile(0.5) {
+            Some(typical) if typical - elapsed > gap => (typical - elapsed) * 0.6,
+            _ => gap,
+        },
     };
-    let remaining = predicted_total.map(|t| t - elapsed).unwrap_or(gap);
-    let wait = if remaining > gap { remaining } else { gap };
     now + Duration::from_secs_f64(wait.min(30.0))
 }
 
@@ -1165,6 +1204,9 @@ async fn handle_query_answer(
                 s.wake_fetch.notify_waiters();
                 return Ok(());
             }
+            // The slots are free on the API's side now: let the next submit go while this
+            // success is recorded.
+            release_slots(s, task.image_num, true);
             // Estimated finish: between the previous poll and this one.
             let finished_at = task.last_poll.map_or(now, |p| p + (now - p) / 2);
             let total = finished_at.duration_since(task.started).as_secs_f64();
@@ -1172,13 +1214,20 @@ async fn handle_query_answer(
             {
                 let mut st = s.state();
                 st.durations.record(total);
+                if let (Some((p0, t0)), Some((p1, t1))) = (task.prev_progress, task.progress)
+                    && p1 > p0 + 1e-6
+                    && total > 0.0
+                {
+                    // When progress started rising, as a share of the whole generation.
+                    let start = t1 - p1 * (t1 - t0) / (p1 - p0);
+                    st.durations.record_wait_share(start / total);
+                }
                 st.running.remove(&task.key);
                 st.succeeded += 1;
                 for img in fetch {
                     st.adopt_fetch(img);
                 }
             }
-            release_slots(s, task.image_num, true);
             s.wake_fetch.notify_waiters();
         }
         TaskStatus::Failed => {
@@ -1602,17 +1651,61 @@ mod tests {
             refresh: false,
             polling: false,
         };
-        let due = next_due(&task, now, &Durations::default(), 1, 10.0);
-        let wait = due.duration_since(now).as_secs_f64();
-        assert!((wait - 2.0).abs() < 0.01, "{wait}");
-        // Nearly done: poll again after the fair share of the budget.
+        // 0.25 per second from 0.5 at 2 s: ends at 4 s, 2 s from now; aimed 10 ms after.
+        let wait = next_due(&task, now, &Durations::default(), 1, 10.0)
+            .duration_since(now)
+            .as_secs_f64();
+        assert!((wait - 2.01).abs() < 0.005, "{wait}");
+        // Nearly done: polled again soon, not after the fair share of the budget.
         let mut t2 = task.clone();
         t2.progress = Some((0.99, 2.0));
         t2.prev_progress = Some((0.5, 1.0));
         let wait = next_due(&t2, now, &Durations::default(), 4, 10.0)
             .duration_since(now)
             .as_secs_f64();
-        assert!((wait - 0.4).abs() < 0.01, "{wait}");
+        assert!(wait < 0.05, "{wait}");
+        // One reading: the next comes soon, to measure the speed.
+        let mut t3 = task.clone();
+        t3.prev_progress = None;
+        let wait = next_due(&t3, now, &Durations::default(), 4, 10.0)
+            .duration_since(now)
+            .as_secs_f64();
+        assert!((wait - 0.5).abs() < 0.005, "{wait}");
+        // No progress and nothing learned yet: the fair share of the budget.
+        let mut t4 = task.clone();
+        t4.prev_progress = None;
+        t4.progress = None;
+        let wait = next_due(&t4, now, &Durations::default(), 4, 10.0)
+            .duration_since(now)
+            .as_secs_f64();
+        assert!((wait - 0.4).abs() < 0.005, "{wait}");
+    }
+
+    #[test]
+    fn a_learned_wait_share_turns_one_reading_into_an_end() {
+        let now = Instant::now();
+        let mut d = Durations::default();
+        for _ in 0..3 {
+            d.record_wait_share(0.25);
+        }
+        // T = 4 s with a quarter spent waiting: at t = 2 s progress is (2 - 1) / 3 = 1/3.
+        let task = Task {
+            key: "k".into(),
+            task_id: "1".into(),
+            image_num: 1,
+            started: now - Duration::from_secs(2),
+            due: now,
+            progress: Some((1.0 / 3.0, 2.0)),
+            prev_progress: None,
+            last_poll: Some(now),
+            errors: 0,
+            refresh: false,
+            polling: false,
+        };
+        let wait = next_due(&task, now, &d, 4, 10.0)
+            .duration_since(now)
+            .as_secs_f64();
+        assert!((wait - 2.01).abs() < 0.005, "{wait}");
     }
 
     #[test]
