@@ -53,6 +53,14 @@ pub struct SimConfig {
     pub faults: FaultKinds,
     /// How long a `slow` fault delays its answer, in milliseconds.
     pub slow_ms: u64,
+    /// Probability that a submit or query starts a burst of error answers (HTTP 200 with an
+    /// `error_code`, as the real limits answer), for clients that must ride out 13/15/17/18.
+    pub burst_rate: f64,
+    /// The codes a burst answers with, one chosen per burst among those that apply to the call
+    /// that starts it: 15 (concurrency) and 17 (daily quota) only meet submits.
+    pub burst_codes: Vec<i64>,
+    /// How many calls in a row a burst answers with its error, the one that starts it included.
+    pub burst_len: u32,
     /// Seed of every random decision (generation times, verdicts, failures, faults, ids).
     pub seed: u64,
     /// Upper bound of the encoded-PNG cache, in bytes.
@@ -81,6 +89,9 @@ impl Default for SimConfig {
             fault_rate: 0.0,
             faults: FaultKinds::all(),
             slow_ms: 2_000,
+            burst_rate: 0.0,
+            burst_codes: vec![13, 15, 17, 18],
+            burst_len: 3,
             seed: 0,
             png_cache_bytes: 256 << 20,
         }
@@ -107,6 +118,7 @@ impl SimConfig {
             ("block-rate", self.block_rate),
             ("fail-rate", self.fail_rate),
             ("fault-rate", self.fault_rate),
+            ("burst-rate", self.burst_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(ConfigError::Rate { name, rate });
@@ -130,6 +142,9 @@ impl SimConfig {
         }
         if self.quota_window.is_some_and(|w| w.is_zero()) {
             return Err(ConfigError::QuotaWindow);
+        }
+        if self.burst_rate > 0.0 && (self.burst_len == 0 || self.burst_codes.is_empty()) {
+            return Err(ConfigError::Burst);
         }
         Ok(())
     }
@@ -163,6 +178,9 @@ pub enum ConfigError {
     /// A zero-length quota window.
     #[error("--quota-window must be longer than zero")]
     QuotaWindow,
+    /// Error bursts switched on without codes or length.
+    #[error("--burst-rate needs at least one --burst-codes code and a --burst-len of 1 or more")]
+    Burst,
 }
 
 /// One kind of fault the simulator can inject.
@@ -384,6 +402,15 @@ pub struct SimArgs {
     /// Delay of a `slow` fault in milliseconds [default: 2000].
     #[arg(long, value_name = "MS")]
     pub slow_ms: Option<u64>,
+    /// Probability that a submit or query starts a burst of error answers [default: 0].
+    #[arg(long, value_name = "P")]
+    pub burst_rate: Option<f64>,
+    /// Error codes of the bursts; 15 and 17 only meet submits [default: 13,15,17,18].
+    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    pub burst_codes: Vec<i64>,
+    /// Calls in a row a burst answers with its error [default: 3].
+    #[arg(long, value_name = "N")]
+    pub burst_len: Option<u32>,
     /// Seed of every random decision; the same seed and request sequence give the same answers
     /// [default: 0].
     #[arg(long, value_name = "N")]
@@ -462,6 +489,15 @@ impl SimArgs {
         if let Some(ms) = self.slow_ms {
             c.slow_ms = ms;
         }
+        if let Some(p) = self.burst_rate {
+            c.burst_rate = p;
+        }
+        if !self.burst_codes.is_empty() {
+            c.burst_codes = self.burst_codes.clone();
+        }
+        if let Some(n) = self.burst_len {
+            c.burst_len = n;
+        }
         if let Some(s) = self.seed {
             c.seed = s;
         }
@@ -528,6 +564,9 @@ mod tests {
             "--fault-rate=0.5",
             "--faults=500,drop",
             "--slow-ms=7",
+            "--burst-rate=0.25",
+            "--burst-codes=13,17",
+            "--burst-len=4",
             "--seed=42",
             "--png-cache-mb=3",
         ]);
@@ -550,6 +589,9 @@ mod tests {
             FaultKinds::from_kinds([FaultKind::Http500, FaultKind::Drop])
         );
         assert_eq!(c.slow_ms, 7);
+        assert_eq!(c.burst_rate, 0.25);
+        assert_eq!(c.burst_codes, vec![13, 17]);
+        assert_eq!(c.burst_len, 4);
         assert_eq!(c.seed, 42);
         assert_eq!(c.png_cache_bytes, 3 << 20);
     }
@@ -601,5 +643,11 @@ mod tests {
             ..SimConfig::default()
         };
         assert!(matches!(bad_qps.validate(), Err(ConfigError::Qps { .. })));
+        let bad_burst = SimConfig {
+            burst_rate: 0.1,
+            burst_codes: Vec::new(),
+            ..SimConfig::default()
+        };
+        assert_eq!(bad_burst.validate(), Err(ConfigError::Burst));
     }
 }
