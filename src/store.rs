@@ -41,6 +41,15 @@ pub enum StoreError {
         /// What the lock file says about its holder.
         holder: String,
     },
+    /// Another program holds an SQLite lock on the file (for example an `sqlite3` shell in a
+    /// write transaction) for longer than the store waits.
+    #[error(
+        "the store {path} is locked by another program (SQLite: database is locked); wait for it to finish or use another --db"
+    )]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
     /// The file is a runner store whose pages fail SQLite's integrity check.
     #[error(
         "the store {path} is damaged (SQLite integrity check: {detail}); restore it from a backup or use another --db"
@@ -87,9 +96,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the store is held by another process (exit code 4: try again later).
+    /// Whether the store is held by another process (exit code 4: try again later): another
+    /// runner, or another program's SQLite lock that outlasted the busy timeout.
     pub fn is_busy(&self) -> bool {
-        matches!(self, StoreError::Busy { .. })
+        match self {
+            StoreError::Busy { .. } | StoreError::Locked { .. } => true,
+            StoreError::Query(e) => is_locked(e),
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_locked(e),
+            _ => false,
+        }
     }
 }
 
@@ -377,14 +392,19 @@ impl Store {
     pub async fn open(path: &Path) -> Result<Store> {
         let lock = acquire_lock(path)?;
         create_private(path)?;
-        probe_identity(path, false).await?;
-        let pool = connect(path, false).await?;
-        MIGRATOR.run(&pool).await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "PRAGMA application_id = {APPLICATION_ID}"
-        )))
-        .execute(&pool)
-        .await?;
+        let opened = async {
+            probe_identity(path, false).await?;
+            let pool = connect(path, false).await?;
+            MIGRATOR.run(&pool).await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "PRAGMA application_id = {APPLICATION_ID}"
+            )))
+            .execute(&pool)
+            .await?;
+            Ok(pool)
+        }
+        .await;
+        let pool = opened.map_err(|e| locked_or(path, e))?;
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -401,8 +421,12 @@ impl Store {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
-        probe_identity(path, true).await?;
-        let pool = connect(path, true).await?;
+        let opened = async {
+            probe_identity(path, true).await?;
+            connect(path, true).await
+        }
+        .await;
+        let pool = opened.map_err(|e| locked_or(path, e))?;
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -1552,6 +1576,24 @@ async fn connect(path: &Path, read_only: bool) -> Result<SqlitePool> {
         .await
         .map_err(|source| corrupt_or_query(path, source))?;
     Ok(pool)
+}
+
+/// Whether SQLite refused for a lock held elsewhere (SQLITE_BUSY or SQLITE_LOCKED, with any
+/// extended code).
+fn is_locked(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
+}
+
+/// A lock held by another program, met while opening, said as such.
+fn locked_or(path: &Path, e: StoreError) -> StoreError {
+    if e.is_busy() && !matches!(e, StoreError::Busy { .. }) {
+        StoreError::Locked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        e
+    }
 }
 
 /// Checks that `path` is a runner store (or empty) on a connection that sets no pragma: turning

@@ -15,7 +15,7 @@ use crate::archive::Archive;
 use crate::client::{Client, ClientConfig, Credentials, Secret};
 use crate::scheduler::{self, Limits, RunOptions, RunSummary, StopReason};
 use crate::sim::{SimConfig, SimHandle};
-use crate::store::{LoadSummary, Store, StoreError};
+use crate::store::{LoadSummary, Store};
 
 /// The store location, shared by every command that reads it.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,9 +97,7 @@ struct JsonSummary<'a> {
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
     match Store::open(&args.db).await {
         Ok(s) => Ok(s),
-        Err(e @ StoreError::Busy { .. }) => {
-            Err(ExitError::new(Exit::WorkRemaining, e.to_string()).into())
-        }
+        Err(e) if e.is_busy() => Err(ExitError::new(Exit::WorkRemaining, e.to_string()).into()),
         Err(e) => Err(ExitError::new(Exit::Runtime, e.to_string()).into()),
     }
 }
@@ -186,10 +184,14 @@ pub async fn execute(
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
-            let _ = store
-                .end_run(run_id, Exit::Runtime as i32, &e.to_string())
-                .await;
-            return Err(ExitError::new(Exit::Runtime, e.to_string()).into());
+            // Another program's lock on the store stopped the run: nothing is lost (every state
+            // change is a committed transaction) and a later run goes on.
+            let exit = match &e {
+                scheduler::SchedulerError::Store(s) if s.is_busy() => Exit::WorkRemaining,
+                _ => Exit::Runtime,
+            };
+            let _ = store.end_run(run_id, exit as i32, &e.to_string()).await;
+            return Err(ExitError::new(exit, e.to_string()).into());
         }
     };
     let exit = exit_for(&summary);
