@@ -164,9 +164,35 @@ impl Archive {
         Ok(())
     }
 
+    /// Refuses a symlink on the way from the root to `path`, among the parts that exist: a
+    /// planted link must not lead reads, writes or removals out of the archive.
+    fn refuse_links_below_root(&self, path: &Path) -> Result<()> {
+        let rel = path.strip_prefix(&self.root).map_err(|_| {
+            ArchiveError::Unsafe(format!("{} is outside the archive", path.display()))
+        })?;
+        let mut cur = self.root.clone();
+        for part in rel.components() {
+            cur.push(part);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(ArchiveError::Unsafe(format!(
+                        "{} is a symlink",
+                        cur.display()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_at("inspect", &cur)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes downloads left half-done by an earlier run.
     pub fn clear_temp(&self, batch: &str) -> Result<usize> {
         let tmp = self.batch_dir(batch)?.join(".tmp");
+        // `read_dir` follows links: a planted `.tmp` link would have us empty a folder elsewhere.
+        self.refuse_links_below_root(&tmp)?;
         let entries = match fs::read_dir(&tmp) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -194,7 +220,8 @@ impl Archive {
         Ok(tmp.join(format!("{key}-{idx}.{}-{n}.part", std::process::id())))
     }
 
-    /// Absolute path of an image given its batch and relative path.
+    /// Absolute path of an image given its batch and relative path; refused when it would lead
+    /// out of the archive, by `..`, an absolute path or a symlink below the root.
     pub fn resolve(&self, batch: &str, rel: &str) -> Result<PathBuf> {
         let rel_path = Path::new(rel);
         if rel_path.is_absolute()
@@ -204,7 +231,9 @@ impl Archive {
         {
             return Err(ArchiveError::Unsafe(format!("path {rel:?}")));
         }
-        Ok(self.batch_dir(batch)?.join(rel_path))
+        let path = self.batch_dir(batch)?.join(rel_path);
+        self.refuse_links_below_root(&path)?;
+        Ok(path)
     }
 
     /// Moves a verified download into place and makes the rename durable.
@@ -422,6 +451,36 @@ mod tests {
             Err(ArchiveError::Unsafe(_))
         ));
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn planted_symlinks_never_lead_removals_or_reads_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep.txt"), b"precious").unwrap();
+        let a = Archive::new(dir.path());
+        // A `.tmp` link: clearing leftovers must not empty the folder it points to.
+        fs::create_dir_all(dir.path().join("b")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("b/.tmp")).unwrap();
+        assert!(matches!(a.clear_temp("b"), Err(ArchiveError::Unsafe(_))));
+        // A batch folder that is a link.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("c")).unwrap();
+        assert!(matches!(a.clear_temp("c"), Err(ArchiveError::Unsafe(_))));
+        // An images folder that is a link: no path through it is handed out.
+        fs::create_dir_all(dir.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("d/images")).unwrap();
+        let rel = Archive::image_rel_path("abcdef0123456789", 0).unwrap();
+        assert!(matches!(a.resolve("d", &rel), Err(ArchiveError::Unsafe(_))));
+        assert!(matches!(
+            a.check("d", &rel, "00"),
+            Err(ArchiveError::Unsafe(_))
+        ));
+        assert_eq!(
+            fs::read(outside.path().join("keep.txt")).unwrap(),
+            b"precious"
+        );
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
     }
 
     #[test]
