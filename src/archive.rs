@@ -261,7 +261,15 @@ impl Archive {
         let sidecar = image.with_extension("json");
         let json =
             serde_json::to_vec_pretty(record).map_err(|e| ArchiveError::BadImage(e.to_string()))?;
-        write_atomic(&sidecar, &json)
+        self.write_in_batch(&record.batch, &sidecar, &json)
+    }
+
+    /// Writes a file of `batch` atomically through a temp file in the batch's `.tmp`, so that a
+    /// crash mid-write leaves its temp file where the next run clears it, never beside the images.
+    fn write_in_batch(&self, batch: &str, path: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.batch_dir(batch)?.join(".tmp");
+        self.ensure_dir(&tmp)?;
+        write_atomic_via(path, &tmp, bytes)
     }
 
     /// Whether the sidecar of an archived image exists.
@@ -310,7 +318,7 @@ impl Archive {
                 self.write_sidecar(r)?;
             }
         }
-        write_atomic(&dir.join("manifest.jsonl"), &out)
+        self.write_in_batch(batch, &dir.join("manifest.jsonl"), &out)
     }
 
     /// Re-hashes an archived image against its recorded hash.
@@ -337,10 +345,16 @@ fn refuse_symlink(path: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` through a temp file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_via(path, path.parent().unwrap_or(Path::new(".")), bytes)
+}
+
+/// Writes `bytes` to `path` through a temp file in `tmp_dir` (on the same file system), fsync
+/// and rename.
+fn write_atomic_via(path: &Path, tmp_dir: &Path, bytes: &[u8]) -> Result<()> {
     refuse_symlink(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(io_at("create temp file in", dir))?;
+        tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_at("create temp file in", tmp_dir))?;
     tmp.write_all(bytes).map_err(io_at("write", tmp.path()))?;
     tmp.as_file().sync_all().map_err(io_at("sync", path))?;
     tmp.persist(path)
