@@ -16,6 +16,10 @@ pub struct SimConfig {
     pub sk: String,
     /// How long an access token lives; after it, API calls with it answer error 111.
     pub token_ttl: Duration,
+    /// The lifetime the token endpoint announces (`expires_in`); `None` announces `token_ttl`.
+    /// Announcing more than `token_ttl` makes tokens die before the client expects, as a revoked
+    /// token or a skewed clock does: error 111 in the middle of a run.
+    pub token_expires_in: Option<Duration>,
     /// Generation time of a task in milliseconds, drawn uniformly from `min..=max`.
     pub gen_ms: (u64, u64),
     /// Accepted submits per second; `None` = no limit. Over it: error 18.
@@ -73,6 +77,7 @@ impl Default for SimConfig {
             ak: "sim-ak".to_owned(),
             sk: "sim-sk".to_owned(),
             token_ttl: Duration::from_secs(30 * 24 * 3600),
+            token_expires_in: None,
             gen_ms: (5_000, 15_000),
             submit_qps: Some(1.0),
             query_qps: Some(2.0),
@@ -354,6 +359,10 @@ pub struct SimArgs {
     /// Lifetime of an access token, then error 111 [default: 30d].
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub token_ttl: Option<Duration>,
+    /// Token lifetime announced as `expires_in`, when it should differ from --token-ttl (longer:
+    /// tokens die early, error 111 mid-run) [default: the --token-ttl].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub token_expires_in: Option<Duration>,
     /// Generation time of a task in milliseconds, MIN..MAX or one value [default: 5000..15000].
     #[arg(long, value_name = "MIN..MAX")]
     pub gen_ms: Option<GenRange>,
@@ -437,6 +446,9 @@ impl SimArgs {
         }
         if let Some(d) = self.token_ttl {
             c.token_ttl = d;
+        }
+        if self.token_expires_in.is_some() {
+            c.token_expires_in = self.token_expires_in;
         }
         if let Some(GenRange(min, max)) = self.gen_ms {
             c.gen_ms = (min, max);
@@ -547,6 +559,7 @@ mod tests {
             "--ak=a",
             "--sk=b",
             "--token-ttl=2s",
+            "--token-expires-in=30d",
             "--gen-ms=10..20",
             "--submit-qps=0",
             "--query-qps=5",
@@ -572,6 +585,7 @@ mod tests {
         ]);
         assert_eq!((c.ak.as_str(), c.sk.as_str()), ("a", "b"));
         assert_eq!(c.token_ttl, Duration::from_secs(2));
+        assert_eq!(c.token_expires_in, Some(Duration::from_secs(2_592_000)));
         assert_eq!(c.gen_ms, (10, 20));
         assert_eq!(c.submit_qps, None);
         assert_eq!(c.query_qps, Some(5.0));

@@ -570,7 +570,11 @@ impl Sim {
             .chain_update(b"token")
             .chain_update(n.to_le_bytes())
             .finalize();
-        let ttl = self.config.token_ttl.as_secs();
+        let ttl = self
+            .config
+            .token_expires_in
+            .unwrap_or(self.config.token_ttl)
+            .as_secs();
         let token = format!(
             "24.{}.{ttl}.{}.282335-{}",
             hex::encode(&digest[..16]),
@@ -1374,5 +1378,30 @@ mod tests {
         let off = Sim::new(SimConfig::unlimited());
         let mut st = off.lock();
         assert!((0..100).all(|_| off.burst(&mut st, Endpoint::Submit).is_none()));
+    }
+    #[test]
+    fn a_token_can_announce_a_longer_life_than_it_has() {
+        let sim = Sim::new(SimConfig {
+            token_ttl: Duration::from_secs(1),
+            token_expires_in: Some(Duration::from_secs(2_592_000)),
+            ..SimConfig::unlimited()
+        });
+        let params: HashMap<String, String> = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "sim-ak"),
+            ("client_secret", "sim-sk"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let answer = sim.token(&params);
+        assert_eq!(answer.body["expires_in"], 2_592_000);
+        let token = answer.body["access_token"].as_str().unwrap().to_owned();
+        let mut st = sim.lock();
+        let now = Instant::now();
+        assert!(sim.check_token(&mut st, Some(&token), now).is_ok());
+        // It dies after the real lifetime, whatever it announced.
+        let late = sim.check_token(&mut st, Some(&token), now + Duration::from_secs(2));
+        assert_eq!(late.unwrap_err().body["error_code"], code::TOKEN_EXPIRED);
     }
 }
