@@ -36,6 +36,10 @@ pub struct SimConfig {
     pub quota_window: Option<Duration>,
     /// How long a signed image URL stays valid; after it, GET answers 403.
     pub url_ttl: Duration,
+    /// The lifetime image URLs announce in their `expires=`; `None` announces `url_ttl`.
+    /// Announcing more makes URLs die before their signature says (as a skewed clock does):
+    /// HTTP 403 on URLs the client believes valid.
+    pub url_announced_ttl: Option<Duration>,
     /// Probability that an image's moderation verdict is `review`.
     pub review_rate: f64,
     /// Probability that an image's moderation verdict is `block`.
@@ -85,6 +89,7 @@ impl Default for SimConfig {
             daily_quota: None,
             quota_window: None,
             url_ttl: Duration::from_secs(3600),
+            url_announced_ttl: None,
             review_rate: 0.0,
             block_rate: 0.0,
             fail_rate: 0.0,
@@ -384,6 +389,10 @@ pub struct SimArgs {
     /// Validity of a signed image URL, then HTTP 403 [default: 1h].
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub url_ttl: Option<Duration>,
+    /// Lifetime image URLs announce in `expires=`, when it should differ from --url-ttl (longer:
+    /// URLs die early, HTTP 403 on URLs that look valid) [default: the --url-ttl].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub url_announced_ttl: Option<Duration>,
     /// Probability of the verdict `review` per image [default: 0].
     #[arg(long, value_name = "P")]
     pub review_rate: Option<f64>,
@@ -470,6 +479,9 @@ impl SimArgs {
         }
         if let Some(d) = self.url_ttl {
             c.url_ttl = d;
+        }
+        if self.url_announced_ttl.is_some() {
+            c.url_announced_ttl = self.url_announced_ttl;
         }
         if let Some(p) = self.review_rate {
             c.review_rate = p;
@@ -567,6 +579,7 @@ mod tests {
             "--daily-quota=10",
             "--quota-window=1m",
             "--url-ttl=30s",
+            "--url-announced-ttl=1h",
             "--review-rate=0.1",
             "--block-rate=0.2",
             "--fail-rate=0.3",
@@ -593,6 +606,7 @@ mod tests {
         assert_eq!(c.daily_quota, Some(10));
         assert_eq!(c.quota_window, Some(Duration::from_secs(60)));
         assert_eq!(c.url_ttl, Duration::from_secs(30));
+        assert_eq!(c.url_announced_ttl, Some(Duration::from_secs(3600)));
         assert_eq!((c.review_rate, c.block_rate, c.fail_rate), (0.1, 0.2, 0.3));
         assert_eq!(c.banned, vec!["foo", "bar", "baz"]);
         assert!(c.banned_at_submit);

@@ -890,7 +890,8 @@ impl Sim {
         // Two answers in the same millisecond still sign different URLs.
         let serial = task.queries;
         // Whole seconds, rounded up: the URL lives at least url_ttl.
-        let expires = (issued + self.config.url_ttl.as_millis() as u64).div_ceil(1000);
+        let announced = self.config.url_announced_ttl.unwrap_or(self.config.url_ttl);
+        let expires = (issued + announced.as_millis() as u64).div_ceil(1000);
         let subs: Vec<SubState> = (0..task.sub_done.len())
             .map(|i| task.sub_state(i, elapsed))
             .collect();
@@ -989,7 +990,10 @@ impl Sim {
             st.stats.bad_signature_hits += 1;
             return Err(denied("The request signature does not match"));
         }
-        if self.unix_ms(now) >= expires * 1000 {
+        // A URL that announces more than it has dies after its real lifetime.
+        let dead = self.config.url_announced_ttl.is_some()
+            && self.unix_ms(now) >= issued.saturating_add(self.config.url_ttl.as_millis() as u64);
+        if self.unix_ms(now) >= expires * 1000 || dead {
             st.stats.expired_url_hits += 1;
             return Err(denied("Request has expired"));
         }
@@ -1403,5 +1407,57 @@ mod tests {
         // It dies after the real lifetime, whatever it announced.
         let late = sim.check_token(&mut st, Some(&token), now + Duration::from_secs(2));
         assert_eq!(late.unwrap_err().body["error_code"], code::TOKEN_EXPIRED);
+    }
+    #[test]
+    fn a_url_can_announce_a_longer_life_than_it_has() {
+        let sim = Sim::new(SimConfig {
+            gen_ms: (0, 0),
+            url_ttl: Duration::from_millis(50),
+            url_announced_ttl: Some(Duration::from_secs(3600)),
+            ..SimConfig::unlimited()
+        });
+        let params: HashMap<String, String> = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "sim-ak"),
+            ("client_secret", "sim-sk"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let token = sim.token(&params).body["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let submitted = sim.submit(Some(&token), br#"{"prompt":"p","width":512,"height":512}"#);
+        let id = submitted.body["data"]["task_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let body = format!(r#"{{"task_id":"{id}"}}"#);
+        let answer = sim.query(Some(&token), body.as_bytes(), "h", true);
+        let url = answer.body["data"]["sub_task_result_list"][0]["final_image_list"][0]["img_url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (path, query) = url.trim_start_matches("http://h").split_once('?').unwrap();
+        let q = crate::sim::routes::parse_form(query);
+        let expires: u64 = q["expires"].parse().unwrap();
+        let issued: u64 = q["issued"].parse().unwrap();
+        assert!(expires * 1000 >= issued + 3_600_000, "announces an hour");
+        let file = path.rsplit('/').next().unwrap();
+        assert!(sim.image(&id, file, &q).is_ok(), "valid at first");
+        // Dies after its real 50 ms, long before its `expires`.
+        let start = Instant::now();
+        loop {
+            match sim.image(&id, file, &q) {
+                Err(denied) => {
+                    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+                    break;
+                }
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "never died"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sim.stats().expired_url_hits, 1);
     }
 }
