@@ -1094,9 +1094,9 @@ async fn handle_query_answer(
                 lose_awaiting(s, &task.key, "the task no longer answers with images").await?;
                 return Ok(());
             }
-            s.state().running.remove(&task.key);
-            release_slots(s, task.image_num, true);
             if code == Some(SUB_ERR_CENSORED) {
+                s.state().running.remove(&task.key);
+                release_slots(s, task.image_num, true);
                 s.store
                     .mark_failed(
                         &task.key,
@@ -1107,7 +1107,10 @@ async fn handle_query_answer(
                     .await?;
                 s.state().failed += 1;
             } else {
+                // Requeued before it leaves `running` (see `requeue_task`).
                 requeue_task(s, &task, code, "the model failed to generate (201)").await?;
+                s.state().running.remove(&task.key);
+                release_slots(s, task.image_num, true);
             }
         }
         TaskStatus::Init | TaskStatus::Wait | TaskStatus::Running => {
@@ -1140,12 +1143,15 @@ async fn handle_query_error(
     let now = Instant::now();
     match e.class() {
         ErrorClass::Timeout => {
-            s.state().running.remove(&task.key);
             if task.refresh {
+                s.state().running.remove(&task.key);
                 return lose_awaiting(s, &task.key, &e.to_string()).await;
             }
+            // Requeued before it leaves `running` (see `requeue_task`).
+            requeue_task(s, &task, e.code(), &e.to_string()).await?;
+            s.state().running.remove(&task.key);
             release_slots(s, task.image_num, true);
-            requeue_task(s, &task, e.code(), &e.to_string()).await
+            Ok(())
         }
         ErrorClass::Permanent | ErrorClass::Fatal if e.code().is_some() => {
             s.state().running.remove(&task.key);
@@ -1179,6 +1185,10 @@ async fn handle_query_error(
 }
 
 /// A task that failed in a way a new submit may fix (216303, 201): back to pending, bounded.
+///
+/// Call it while the task is still in `running`: the submit loop ends when it sees nothing
+/// running and nothing requeued, so a task out of `running` but not yet requeued (the store
+/// writes in between yield) would be left pending by a run that reports itself finished.
 async fn requeue_task(
     s: &Arc<Shared>,
     task: &Task,
