@@ -142,9 +142,23 @@ pub struct ItemRow {
     pub task_retries: i64,
 }
 
-/// Every item of `batch`.
+/// Every item of `batch` (none while no run has created the store and its tables yet: a run
+/// may be killed that early).
 pub async fn item_rows(db: &Path, batch: &str) -> Vec<ItemRow> {
+    if !db.exists() {
+        return Vec::new();
+    }
     let pool = store_sql(db).await;
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('items', 'events')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("tables");
+    if tables < 2 {
+        pool.close().await;
+        return Vec::new();
+    }
     let retries: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
         "SELECT item_key, COUNT(*) FROM events WHERE kind = 'task_retry' AND batch = ? GROUP BY item_key",
     )
