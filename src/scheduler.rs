@@ -155,6 +155,9 @@ struct Task {
     errors: u32,
     /// Only fresh URLs are needed (the task already succeeded); it holds no slots.
     refresh: bool,
+    /// Found running in the store at start: it may have finished long before this run's first
+    /// poll, so that poll says nothing about how long generations take.
+    recovered: bool,
 }
 
 #[derive(Debug)]
@@ -415,6 +418,7 @@ pub async fn run(
                 last_poll: None,
                 errors: 0,
                 refresh: t.fetching,
+                recovered: true,
             },
         );
     }
@@ -797,6 +801,7 @@ async fn handle_submit_answer(
                     last_poll: None,
                     errors: 0,
                     refresh: false,
+                    recovered: false,
                 },
             );
             drop(st);
@@ -1073,7 +1078,11 @@ async fn handle_query_answer(
             let fetch = s.store.mark_succeeded(&task.key, &images).await?;
             {
                 let mut st = s.state();
-                st.durations.record(total);
+                // A recovered task seen finished at its first poll may have finished hours ago:
+                // its "duration" would hold back the first poll of every new task.
+                if !task.recovered || task.last_poll.is_some() {
+                    st.durations.record(total);
+                }
                 st.running.remove(&task.key);
                 st.succeeded += 1;
                 for img in fetch {
@@ -1467,6 +1476,7 @@ async fn request_fresh_urls(
                 last_poll: None,
                 errors: 0,
                 refresh: true,
+                recovered: false,
             },
         );
     }
@@ -1507,6 +1517,7 @@ mod tests {
             last_poll: Some(now),
             errors: 0,
             refresh: false,
+            recovered: false,
         };
         let due = next_due(&task, now, &Durations::default(), 1, 10.0);
         let wait = due.duration_since(now).as_secs_f64();
