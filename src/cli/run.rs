@@ -183,15 +183,24 @@ pub async fn execute(
     }
     let summary = match result {
         Ok(s) => s,
-        Err(e) => {
+        Err(scheduler::SchedulerError::Store(e)) if e.is_busy() => {
             // Another program's lock on the store stopped the run: nothing is lost (every state
-            // change is a committed transaction) and a later run goes on.
-            let exit = match &e {
-                scheduler::SchedulerError::Store(s) if s.is_busy() => Exit::WorkRemaining,
-                _ => Exit::Runtime,
-            };
-            let _ = store.end_run(run_id, exit as i32, &e.to_string()).await;
-            return Err(ExitError::new(exit, e.to_string()).into());
+            // change is a committed transaction) and a later run goes on. The run record is left
+            // open: writing it would wait out the lock again.
+            return Err(ExitError::new(
+                Exit::WorkRemaining,
+                format!(
+                    "the store {} is locked by another program ({e}); the run stopped with work remaining: run `runner resume` once it is free",
+                    store.path().display()
+                ),
+            )
+            .into());
+        }
+        Err(e) => {
+            let _ = store
+                .end_run(run_id, Exit::Runtime as i32, &e.to_string())
+                .await;
+            return Err(ExitError::new(Exit::Runtime, e.to_string()).into());
         }
     };
     let exit = exit_for(&summary);
