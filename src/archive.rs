@@ -183,9 +183,35 @@ impl Archive {
         Ok(())
     }
 
+    /// Refuses a symlink on the way from the root to `path`, among the parts that exist: a
+    /// planted link must not lead reads, writes or removals out of the archive.
+    fn refuse_links_below_root(&self, path: &Path) -> Result<()> {
+        let rel = path.strip_prefix(&self.root).map_err(|_| {
+            ArchiveError::Unsafe(format!("{} is outside the archive", path.display()))
+        })?;
+        let mut cur = self.root.clone();
+        for part in rel.components() {
+            cur.push(part);
+            match fs::symlink_metadata(&cur) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(ArchiveError::Unsafe(format!(
+                        "{} is a symlink",
+                        cur.display()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_at("inspect", &cur)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Removes downloads left half-done by an earlier run.
     pub fn clear_temp(&self, batch: &str) -> Result<usize> {
         let tmp = self.batch_dir(batch)?.join(".tmp");
+        // `read_dir` follows links: a planted `.tmp` link would have us empty a folder elsewhere.
+        self.refuse_links_below_root(&tmp)?;
         let entries = match fs::read_dir(&tmp) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -213,7 +239,8 @@ impl Archive {
         Ok(tmp.join(format!("{key}-{idx}.{}-{n}.part", std::process::id())))
     }
 
-    /// Absolute path of an image given its batch and relative path.
+    /// Absolute path of an image given its batch and relative path; refused when it would lead
+    /// out of the archive, by `..`, an absolute path or a symlink below the root.
     pub fn resolve(&self, batch: &str, rel: &str) -> Result<PathBuf> {
         let rel_path = Path::new(rel);
         if rel_path.is_absolute()
@@ -223,7 +250,9 @@ impl Archive {
         {
             return Err(ArchiveError::Unsafe(format!("path {rel:?}")));
         }
-        Ok(self.batch_dir(batch)?.join(rel_path))
+        let path = self.batch_dir(batch)?.join(rel_path);
+        self.refuse_links_below_root(&path)?;
+        Ok(path)
     }
 
     /// Verifies downloaded bytes (a complete PNG of the requested size), writes them through a
@@ -279,9 +308,17 @@ impl Archive {
         let sidecar = image.with_extension("json");
         let json =
             serde_json::to_vec_pretty(record).map_err(|e| ArchiveError::BadImage(e.to_string()))?;
-        // Atomic (temp file, rename) but not fsynced: a sidecar is derived from the store, and
-        // every run rewrites one that is missing or empty.
-        write_renamed(&sidecar, &json, false)
+        // Not fsynced: a sidecar is derived from the store, and every run rewrites one that is
+        // missing or empty.
+        self.write_in_batch(&record.batch, &sidecar, &json, false)
+    }
+
+    /// Writes a file of `batch` atomically through a temp file in the batch's `.tmp`, so that a
+    /// crash mid-write leaves its temp file where the next run clears it, never beside the images.
+    fn write_in_batch(&self, batch: &str, path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+        let tmp = self.batch_dir(batch)?.join(".tmp");
+        self.ensure_dir(&tmp)?;
+        write_atomic_via(path, &tmp, bytes, durable)
     }
 
     /// Whether the sidecar of an archived image exists and is not empty.
@@ -331,7 +368,7 @@ impl Archive {
                 self.write_sidecar(r)?;
             }
         }
-        write_atomic(&dir.join("manifest.jsonl"), &out)
+        self.write_in_batch(batch, &dir.join("manifest.jsonl"), &out, true)
     }
 
     /// Re-hashes an archived image against its recorded hash.
@@ -358,16 +395,16 @@ fn refuse_symlink(path: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` through a temp file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_renamed(path, bytes, true)
+    write_atomic_via(path, path.parent().unwrap_or(Path::new(".")), bytes, true)
 }
 
-/// Writes `bytes` to a temp file beside `path` and renames it into place; with `durable`, the
-/// data and the rename are fsynced too.
-fn write_renamed(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+/// Writes `bytes` to `path` through a temp file in `tmp_dir` (on the same file system) and
+/// renames it into place; with `durable`, the data and the rename are fsynced too.
+fn write_atomic_via(path: &Path, tmp_dir: &Path, bytes: &[u8], durable: bool) -> Result<()> {
     refuse_symlink(path)?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(io_at("create temp file in", dir))?;
+        tempfile::NamedTempFile::new_in(tmp_dir).map_err(io_at("create temp file in", tmp_dir))?;
     tmp.write_all(bytes).map_err(io_at("write", tmp.path()))?;
     if durable {
         tmp.as_file().sync_all().map_err(io_at("sync", path))?;
@@ -500,6 +537,36 @@ mod tests {
             Err(ArchiveError::Unsafe(_))
         ));
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn planted_symlinks_never_lead_removals_or_reads_outside() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep.txt"), b"precious").unwrap();
+        let a = Archive::new(dir.path());
+        // A `.tmp` link: clearing leftovers must not empty the folder it points to.
+        fs::create_dir_all(dir.path().join("b")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("b/.tmp")).unwrap();
+        assert!(matches!(a.clear_temp("b"), Err(ArchiveError::Unsafe(_))));
+        // A batch folder that is a link.
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("c")).unwrap();
+        assert!(matches!(a.clear_temp("c"), Err(ArchiveError::Unsafe(_))));
+        // An images folder that is a link: no path through it is handed out.
+        fs::create_dir_all(dir.path().join("d")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("d/images")).unwrap();
+        let rel = Archive::image_rel_path("abcdef0123456789", 0).unwrap();
+        assert!(matches!(a.resolve("d", &rel), Err(ArchiveError::Unsafe(_))));
+        assert!(matches!(
+            a.check("d", &rel, "00"),
+            Err(ArchiveError::Unsafe(_))
+        ));
+        assert_eq!(
+            fs::read(outside.path().join("keep.txt")).unwrap(),
+            b"precious"
+        );
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
     }
 
     #[test]

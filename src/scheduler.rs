@@ -157,6 +157,9 @@ struct Task {
     refresh: bool,
     /// A query for it is under way.
     polling: bool,
+    /// Found running in the store at start: it may have finished long before this run's first
+    /// poll, so that poll says nothing about how long generations take.
+    recovered: bool,
 }
 
 #[derive(Debug)]
@@ -304,16 +307,20 @@ struct Shared {
     stop_submits: CancellationToken,
     /// Every loop is done.
     done: CancellationToken,
+    /// Paces how fast items are taken up for submitting (so few wait in `submitting`).
+    submit_intake: DefaultDirectRateLimiter,
+    /// Paces the POSTs themselves, taken right before each one: the time between the permit and
+    /// the request must not vary (a commit in between would bunch requests at the server).
     submit_limiter: DefaultDirectRateLimiter,
     query_limiter: DefaultDirectRateLimiter,
 }
 
-/// A limiter for `qps` requests per second, one at a time. The period is stretched by 5% so
-/// that network jitter cannot put more than `qps` requests into any one-second window at the
-/// server.
+/// A limiter for `qps` requests per second, one at a time. The period is stretched by 8% so
+/// that scheduling and network jitter cannot put more than `qps` requests into any one-second
+/// window at the server.
 fn limiter(qps: f64) -> DefaultDirectRateLimiter {
     let quota = if qps.is_finite() && qps > 0.0 {
-        let period = Duration::from_secs_f64(1.05 / qps).max(Duration::from_nanos(1));
+        let period = Duration::from_secs_f64(1.08 / qps).max(Duration::from_nanos(1));
         Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
     } else {
         Quota::per_second(NonZeroU32::MAX)
@@ -436,6 +443,7 @@ pub async fn run(
                 errors: 0,
                 refresh: t.fetching,
                 polling: false,
+                recovered: true,
             },
         );
     }
@@ -454,6 +462,7 @@ pub async fn run(
     }
 
     let shared = Arc::new(Shared {
+        submit_intake: limiter(opts.limits.submit_qps),
         submit_limiter: limiter(opts.limits.submit_qps),
         query_limiter: limiter(opts.limits.query_qps),
         store,
@@ -736,7 +745,7 @@ async fn submit_items(
             }
         }
         tokio::select! {
-            _ = s.submit_limiter.until_ready() => {}
+            _ = s.submit_intake.until_ready() => {}
             _ = s.stop_submits.cancelled() => {
                 release_slots(s, item.image_num, false);
                 feed.defer(item);
@@ -770,6 +779,7 @@ async fn submit_one(s: &Arc<Shared>, item: PendingItem) -> Result<(), SchedulerE
         task_time_out: None,
         text_check: None,
     };
+    s.submit_limiter.until_ready().await;
     let answer = s.client.submit(&req).await;
     if let Some(retry) = handle_submit_answer(s, &item, answer).await? {
         s.state().requeued.push(retry);
@@ -868,6 +878,7 @@ async fn handle_submit_answer(
                     errors: 0,
                     refresh: false,
                     polling: false,
+                    recovered: false,
                 },
             );
             drop(st);
@@ -1143,6 +1154,9 @@ async fn poll_tasks(
                 t.polling = false;
             }
             s2.wake_poll.notify_one();
+            // A task that left the running set may have been the last thing the submit loop
+            // waited for (it checks the set when woken).
+            s2.wake_submit.notify_one();
             s2.check_idle();
             result
         });
@@ -1213,7 +1227,11 @@ async fn handle_query_answer(
             let fetch = s.store.mark_succeeded(&task.key, &images).await?;
             {
                 let mut st = s.state();
-                st.durations.record(total);
+                // A recovered task seen finished at its first poll may have finished hours ago:
+                // its "duration" would hold back the first poll of every new task.
+                if !task.recovered || task.last_poll.is_some() {
+                    st.durations.record(total);
+                }
                 if let (Some((p0, t0)), Some((p1, t1))) = (task.prev_progress, task.progress)
                     && p1 > p0 + 1e-6
                     && total > 0.0
@@ -1241,9 +1259,9 @@ async fn handle_query_answer(
                 lose_awaiting(s, &task.key, "the task no longer answers with images").await?;
                 return Ok(());
             }
-            s.state().running.remove(&task.key);
-            release_slots(s, task.image_num, true);
             if code == Some(SUB_ERR_CENSORED) {
+                s.state().running.remove(&task.key);
+                release_slots(s, task.image_num, true);
                 s.store
                     .mark_failed(
                         &task.key,
@@ -1254,7 +1272,10 @@ async fn handle_query_answer(
                     .await?;
                 s.state().failed += 1;
             } else {
+                // Requeued before it leaves `running` (see `requeue_task`).
                 requeue_task(s, &task, code, "the model failed to generate (201)").await?;
+                s.state().running.remove(&task.key);
+                release_slots(s, task.image_num, true);
             }
         }
         TaskStatus::Init | TaskStatus::Wait | TaskStatus::Running => {
@@ -1287,12 +1308,15 @@ async fn handle_query_error(
     let now = Instant::now();
     match e.class() {
         ErrorClass::Timeout => {
-            s.state().running.remove(&task.key);
             if task.refresh {
+                s.state().running.remove(&task.key);
                 return lose_awaiting(s, &task.key, &e.to_string()).await;
             }
+            // Requeued before it leaves `running` (see `requeue_task`).
+            requeue_task(s, &task, e.code(), &e.to_string()).await?;
+            s.state().running.remove(&task.key);
             release_slots(s, task.image_num, true);
-            requeue_task(s, &task, e.code(), &e.to_string()).await
+            Ok(())
         }
         ErrorClass::Permanent | ErrorClass::Fatal if e.code().is_some() => {
             s.state().running.remove(&task.key);
@@ -1326,6 +1350,10 @@ async fn handle_query_error(
 }
 
 /// A task that failed in a way a new submit may fix (216303, 201): back to pending, bounded.
+///
+/// Call it while the task is still in `running`: the submit loop ends when it sees nothing
+/// running and nothing requeued, so a task out of `running` but not yet requeued (the store
+/// writes in between yield) would be left pending by a run that reports itself finished.
 async fn requeue_task(
     s: &Arc<Shared>,
     task: &Task,
@@ -1609,6 +1637,7 @@ async fn request_fresh_urls(
                 errors: 0,
                 refresh: true,
                 polling: false,
+                recovered: false,
             },
         );
     }
@@ -1650,6 +1679,7 @@ mod tests {
             errors: 0,
             refresh: false,
             polling: false,
+            recovered: false,
         };
         // 0.25 per second from 0.5 at 2 s: ends at 4 s, 2 s from now; aimed 10 ms after.
         let wait = next_due(&task, now, &Durations::default(), 1, 10.0)
@@ -1701,6 +1731,7 @@ mod tests {
             errors: 0,
             refresh: false,
             polling: false,
+            recovered: false,
         };
         let wait = next_due(&task, now, &d, 4, 10.0)
             .duration_since(now)

@@ -44,6 +44,25 @@ pub enum StoreError {
         /// What the lock file says about its holder.
         holder: String,
     },
+    /// Another program holds an SQLite lock on the file (for example an `sqlite3` shell in a
+    /// write transaction) for longer than the store waits.
+    #[error(
+        "the store {path} is locked by another program (SQLite: database is locked); wait for it to finish or use another --db"
+    )]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The file is a runner store whose pages fail SQLite's integrity check.
+    #[error(
+        "the store {path} is damaged (SQLite integrity check: {detail}); restore it from a backup or use another --db"
+    )]
+    Damaged {
+        /// The store file.
+        path: PathBuf,
+        /// The first problem the check found, and how many there are.
+        detail: String,
+    },
     /// The file is an SQLite database of something else.
     #[error("{path} is not a runner store ({reason}); refusing to touch it: choose another --db")]
     Foreign {
@@ -89,9 +108,15 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the store is held by another process (exit code 4: try again later).
+    /// Whether the store is held by another process (exit code 4: try again later): another
+    /// runner, or another program's SQLite lock that outlasted the busy timeout.
     pub fn is_busy(&self) -> bool {
-        matches!(self, StoreError::Busy { .. })
+        match self {
+            StoreError::Busy { .. } | StoreError::Locked { .. } => true,
+            StoreError::Query(e) => is_locked(e),
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_locked(e),
+            _ => false,
+        }
     }
 }
 
@@ -480,14 +505,19 @@ impl Store {
     pub async fn open(path: &Path) -> Result<Store> {
         let lock = acquire_lock(path)?;
         create_private(path)?;
-        let pool = connect(path, false).await?;
-        check_identity(&pool, path).await?;
-        MIGRATOR.run(&pool).await?;
-        sqlx::query(AssertSqlSafe(format!(
-            "PRAGMA application_id = {APPLICATION_ID}"
-        )))
-        .execute(&pool)
-        .await?;
+        let opened = async {
+            probe_identity(path, false).await?;
+            let pool = connect(path, false).await?;
+            MIGRATOR.run(&pool).await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "PRAGMA application_id = {APPLICATION_ID}"
+            )))
+            .execute(&pool)
+            .await?;
+            Ok(pool)
+        }
+        .await;
+        let pool = opened.map_err(|e| locked_or(path, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = pool.acquire().await?;
         tokio::spawn(writer_loop(conn, rx));
@@ -508,8 +538,12 @@ impl Store {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             });
         }
-        let pool = connect(path, true).await?;
-        check_identity(&pool, path).await?;
+        let opened = async {
+            probe_identity(path, true).await?;
+            connect(path, true).await
+        }
+        .await;
+        let pool = opened.map_err(|e| locked_or(path, e))?;
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -1832,6 +1866,42 @@ async fn connect(path: &Path, read_only: bool) -> Result<SqlitePool> {
     Ok(pool)
 }
 
+/// Whether SQLite refused for a lock held elsewhere (SQLITE_BUSY or SQLITE_LOCKED, with any
+/// extended code).
+fn is_locked(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6)))
+}
+
+/// A lock held by another program, met while opening, said as such.
+fn locked_or(path: &Path, e: StoreError) -> StoreError {
+    if e.is_busy() && !matches!(e, StoreError::Busy { .. }) {
+        StoreError::Locked {
+            path: path.to_path_buf(),
+        }
+    } else {
+        e
+    }
+}
+
+/// Checks that `path` is a runner store (or empty) on a connection that sets no pragma: turning
+/// on WAL before the check would rewrite the header of a foreign file we must not touch.
+async fn probe_identity(path: &Path, read_only: bool) -> Result<()> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(false)
+        .read_only(read_only)
+        .busy_timeout(Duration::from_secs(10));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await
+        .map_err(|source| corrupt_or_query(path, source))?;
+    let checked = check_identity(&pool, path).await;
+    pool.close().await;
+    checked
+}
+
 fn corrupt_or_query(path: &Path, source: sqlx::Error) -> StoreError {
     let msg = source.to_string();
     if msg.contains("not a database")
@@ -1860,9 +1930,19 @@ async fn check_identity(pool: &SqlitePool, path: &Path) -> Result<()> {
             .await
             .map_err(|e| corrupt_or_query(path, e))?;
         if check != "ok" {
-            return Err(StoreError::Foreign {
+            // The answer starts with a `*** in database main ***` banner, then one problem a line.
+            let problems: Vec<&str> = check
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with("***"))
+                .collect();
+            let first = problems.first().copied().unwrap_or("failed").trim();
+            let detail = match problems.len() {
+                0 | 1 => first.to_string(),
+                n => format!("{first}; {} more problem(s)", n - 1),
+            };
+            return Err(StoreError::Damaged {
                 path: path.to_path_buf(),
-                reason: format!("integrity check failed: {check}"),
+                detail,
             });
         }
         return Ok(());
@@ -1963,9 +2043,41 @@ mod tests {
                 .unwrap();
             pool.close().await;
         }
+        let before = std::fs::read(&foreign).unwrap();
         let e = Store::open(&foreign).await.unwrap_err();
         assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
         assert!(e.to_string().contains("photos"));
+        let e = Store::open_read_only(&foreign).await.unwrap_err();
+        assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
+        // Refused untouched: not switched to WAL (which rewrites the header), no WAL files.
+        assert_eq!(std::fs::read(&foreign).unwrap(), before);
+        for ext in ["db-wal", "db-shm"] {
+            assert!(!foreign.with_extension(ext).exists(), "{ext} created");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_damaged_store_is_refused_as_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        {
+            let store = Store::open(&path).await.unwrap();
+            let items: Vec<Item> = (0..200).map(|n| item("b", n, 1)).collect();
+            store
+                .load_items("b", ArchivePolicy::default(), "f.yaml", &items)
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096;
+        assert!(bytes.len() >= 4 * page, "{} bytes", bytes.len());
+        bytes[3 * page..4 * page].fill(0xff);
+        std::fs::write(&path, bytes).unwrap();
+        let e = Store::open(&path).await.unwrap_err();
+        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+        assert!(e.to_string().contains("restore it from a backup"), "{e}");
+        assert!(!e.is_busy());
     }
 
     async fn connect_new(path: &Path) -> SqlitePool {

@@ -15,7 +15,7 @@ use crate::archive::Archive;
 use crate::client::{Client, ClientConfig, Credentials, Secret};
 use crate::scheduler::{self, Limits, RunOptions, RunSummary, StopReason};
 use crate::sim::{SimConfig, SimHandle};
-use crate::store::{LoadSummary, Store, StoreError};
+use crate::store::{LoadSummary, Store};
 
 /// The store location, shared by every command that reads it.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,9 +97,7 @@ struct JsonSummary<'a> {
 pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
     match Store::open(&args.db).await {
         Ok(s) => Ok(s),
-        Err(e @ StoreError::Busy { .. }) => {
-            Err(ExitError::new(Exit::WorkRemaining, e.to_string()).into())
-        }
+        Err(e) if e.is_busy() => Err(ExitError::new(Exit::WorkRemaining, e.to_string()).into()),
         Err(e) => Err(ExitError::new(Exit::Runtime, e.to_string()).into()),
     }
 }
@@ -185,6 +183,19 @@ pub async fn execute(
     }
     let summary = match result {
         Ok(s) => s,
+        Err(scheduler::SchedulerError::Store(e)) if e.is_busy() => {
+            // Another program's lock on the store stopped the run: nothing is lost (every state
+            // change is a committed transaction) and a later run goes on. The run record is left
+            // open: writing it would wait out the lock again.
+            return Err(ExitError::new(
+                Exit::WorkRemaining,
+                format!(
+                    "the store {} is locked by another program ({e}); the run stopped with work remaining: run `runner resume` once it is free",
+                    store.path().display()
+                ),
+            )
+            .into());
+        }
         Err(e) => {
             let _ = store
                 .end_run(run_id, Exit::Runtime as i32, &e.to_string())

@@ -16,6 +16,10 @@ pub struct SimConfig {
     pub sk: String,
     /// How long an access token lives; after it, API calls with it answer error 111.
     pub token_ttl: Duration,
+    /// The lifetime the token endpoint announces (`expires_in`); `None` announces `token_ttl`.
+    /// Announcing more than `token_ttl` makes tokens die before the client expects, as a revoked
+    /// token or a skewed clock does: error 111 in the middle of a run.
+    pub token_expires_in: Option<Duration>,
     /// Generation time of a task in milliseconds, drawn uniformly from `min..=max`.
     pub gen_ms: (u64, u64),
     /// Accepted submits per second; `None` = no limit. Over it: error 18.
@@ -32,6 +36,10 @@ pub struct SimConfig {
     pub quota_window: Option<Duration>,
     /// How long a signed image URL stays valid; after it, GET answers 403.
     pub url_ttl: Duration,
+    /// The lifetime image URLs announce in their `expires=`; `None` announces `url_ttl`.
+    /// Announcing more makes URLs die before their signature says (as a skewed clock does):
+    /// HTTP 403 on URLs the client believes valid.
+    pub url_announced_ttl: Option<Duration>,
     /// Probability that an image's moderation verdict is `review`.
     pub review_rate: f64,
     /// Probability that an image's moderation verdict is `block`.
@@ -53,6 +61,14 @@ pub struct SimConfig {
     pub faults: FaultKinds,
     /// How long a `slow` fault delays its answer, in milliseconds.
     pub slow_ms: u64,
+    /// Probability that a submit or query starts a burst of error answers (HTTP 200 with an
+    /// `error_code`, as the real limits answer), for clients that must ride out 13/15/17/18.
+    pub burst_rate: f64,
+    /// The codes a burst answers with, one chosen per burst among those that apply to the call
+    /// that starts it: 15 (concurrency) and 17 (daily quota) only meet submits.
+    pub burst_codes: Vec<i64>,
+    /// How many calls in a row a burst answers with its error, the one that starts it included.
+    pub burst_len: u32,
     /// Seed of every random decision (generation times, verdicts, failures, faults, ids).
     pub seed: u64,
     /// Upper bound of the encoded-PNG cache, in bytes.
@@ -65,6 +81,7 @@ impl Default for SimConfig {
             ak: "sim-ak".to_owned(),
             sk: "sim-sk".to_owned(),
             token_ttl: Duration::from_secs(30 * 24 * 3600),
+            token_expires_in: None,
             gen_ms: (5_000, 15_000),
             submit_qps: Some(1.0),
             query_qps: Some(2.0),
@@ -72,6 +89,7 @@ impl Default for SimConfig {
             daily_quota: None,
             quota_window: None,
             url_ttl: Duration::from_secs(3600),
+            url_announced_ttl: None,
             review_rate: 0.0,
             block_rate: 0.0,
             fail_rate: 0.0,
@@ -81,6 +99,9 @@ impl Default for SimConfig {
             fault_rate: 0.0,
             faults: FaultKinds::all(),
             slow_ms: 2_000,
+            burst_rate: 0.0,
+            burst_codes: vec![13, 15, 17, 18],
+            burst_len: 3,
             seed: 0,
             png_cache_bytes: 256 << 20,
         }
@@ -107,6 +128,7 @@ impl SimConfig {
             ("block-rate", self.block_rate),
             ("fail-rate", self.fail_rate),
             ("fault-rate", self.fault_rate),
+            ("burst-rate", self.burst_rate),
         ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(ConfigError::Rate { name, rate });
@@ -130,6 +152,9 @@ impl SimConfig {
         }
         if self.quota_window.is_some_and(|w| w.is_zero()) {
             return Err(ConfigError::QuotaWindow);
+        }
+        if self.burst_rate > 0.0 && (self.burst_len == 0 || self.burst_codes.is_empty()) {
+            return Err(ConfigError::Burst);
         }
         Ok(())
     }
@@ -163,6 +188,9 @@ pub enum ConfigError {
     /// A zero-length quota window.
     #[error("--quota-window must be longer than zero")]
     QuotaWindow,
+    /// Error bursts switched on without codes or length.
+    #[error("--burst-rate needs at least one --burst-codes code and a --burst-len of 1 or more")]
+    Burst,
 }
 
 /// One kind of fault the simulator can inject.
@@ -336,6 +364,10 @@ pub struct SimArgs {
     /// Lifetime of an access token, then error 111 [default: 30d].
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub token_ttl: Option<Duration>,
+    /// Token lifetime announced as `expires_in`, when it should differ from --token-ttl (longer:
+    /// tokens die early, error 111 mid-run) [default: the --token-ttl].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub token_expires_in: Option<Duration>,
     /// Generation time of a task in milliseconds, MIN..MAX or one value [default: 5000..15000].
     #[arg(long, value_name = "MIN..MAX")]
     pub gen_ms: Option<GenRange>,
@@ -357,6 +389,10 @@ pub struct SimArgs {
     /// Validity of a signed image URL, then HTTP 403 [default: 1h].
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub url_ttl: Option<Duration>,
+    /// Lifetime image URLs announce in `expires=`, when it should differ from --url-ttl (longer:
+    /// URLs die early, HTTP 403 on URLs that look valid) [default: the --url-ttl].
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub url_announced_ttl: Option<Duration>,
     /// Probability of the verdict `review` per image [default: 0].
     #[arg(long, value_name = "P")]
     pub review_rate: Option<f64>,
@@ -384,6 +420,15 @@ pub struct SimArgs {
     /// Delay of a `slow` fault in milliseconds [default: 2000].
     #[arg(long, value_name = "MS")]
     pub slow_ms: Option<u64>,
+    /// Probability that a submit or query starts a burst of error answers [default: 0].
+    #[arg(long, value_name = "P")]
+    pub burst_rate: Option<f64>,
+    /// Error codes of the bursts; 15 and 17 only meet submits [default: 13,15,17,18].
+    #[arg(long, value_name = "CODES", value_delimiter = ',')]
+    pub burst_codes: Vec<i64>,
+    /// Calls in a row a burst answers with its error [default: 3].
+    #[arg(long, value_name = "N")]
+    pub burst_len: Option<u32>,
     /// Seed of every random decision; the same seed and request sequence give the same answers
     /// [default: 0].
     #[arg(long, value_name = "N")]
@@ -411,6 +456,9 @@ impl SimArgs {
         if let Some(d) = self.token_ttl {
             c.token_ttl = d;
         }
+        if self.token_expires_in.is_some() {
+            c.token_expires_in = self.token_expires_in;
+        }
         if let Some(GenRange(min, max)) = self.gen_ms {
             c.gen_ms = (min, max);
         }
@@ -431,6 +479,9 @@ impl SimArgs {
         }
         if let Some(d) = self.url_ttl {
             c.url_ttl = d;
+        }
+        if self.url_announced_ttl.is_some() {
+            c.url_announced_ttl = self.url_announced_ttl;
         }
         if let Some(p) = self.review_rate {
             c.review_rate = p;
@@ -461,6 +512,15 @@ impl SimArgs {
         }
         if let Some(ms) = self.slow_ms {
             c.slow_ms = ms;
+        }
+        if let Some(p) = self.burst_rate {
+            c.burst_rate = p;
+        }
+        if !self.burst_codes.is_empty() {
+            c.burst_codes = self.burst_codes.clone();
+        }
+        if let Some(n) = self.burst_len {
+            c.burst_len = n;
         }
         if let Some(s) = self.seed {
             c.seed = s;
@@ -511,6 +571,7 @@ mod tests {
             "--ak=a",
             "--sk=b",
             "--token-ttl=2s",
+            "--token-expires-in=30d",
             "--gen-ms=10..20",
             "--submit-qps=0",
             "--query-qps=5",
@@ -518,6 +579,7 @@ mod tests {
             "--daily-quota=10",
             "--quota-window=1m",
             "--url-ttl=30s",
+            "--url-announced-ttl=1h",
             "--review-rate=0.1",
             "--block-rate=0.2",
             "--fail-rate=0.3",
@@ -528,11 +590,15 @@ mod tests {
             "--fault-rate=0.5",
             "--faults=500,drop",
             "--slow-ms=7",
+            "--burst-rate=0.25",
+            "--burst-codes=13,17",
+            "--burst-len=4",
             "--seed=42",
             "--png-cache-mb=3",
         ]);
         assert_eq!((c.ak.as_str(), c.sk.as_str()), ("a", "b"));
         assert_eq!(c.token_ttl, Duration::from_secs(2));
+        assert_eq!(c.token_expires_in, Some(Duration::from_secs(2_592_000)));
         assert_eq!(c.gen_ms, (10, 20));
         assert_eq!(c.submit_qps, None);
         assert_eq!(c.query_qps, Some(5.0));
@@ -540,6 +606,7 @@ mod tests {
         assert_eq!(c.daily_quota, Some(10));
         assert_eq!(c.quota_window, Some(Duration::from_secs(60)));
         assert_eq!(c.url_ttl, Duration::from_secs(30));
+        assert_eq!(c.url_announced_ttl, Some(Duration::from_secs(3600)));
         assert_eq!((c.review_rate, c.block_rate, c.fail_rate), (0.1, 0.2, 0.3));
         assert_eq!(c.banned, vec!["foo", "bar", "baz"]);
         assert!(c.banned_at_submit);
@@ -550,6 +617,9 @@ mod tests {
             FaultKinds::from_kinds([FaultKind::Http500, FaultKind::Drop])
         );
         assert_eq!(c.slow_ms, 7);
+        assert_eq!(c.burst_rate, 0.25);
+        assert_eq!(c.burst_codes, vec![13, 17]);
+        assert_eq!(c.burst_len, 4);
         assert_eq!(c.seed, 42);
         assert_eq!(c.png_cache_bytes, 3 << 20);
     }
@@ -601,5 +671,11 @@ mod tests {
             ..SimConfig::default()
         };
         assert!(matches!(bad_qps.validate(), Err(ConfigError::Qps { .. })));
+        let bad_burst = SimConfig {
+            burst_rate: 0.1,
+            burst_codes: Vec::new(),
+            ..SimConfig::default()
+        };
+        assert_eq!(bad_burst.validate(), Err(ConfigError::Burst));
     }
 }

@@ -22,6 +22,8 @@
 //! a submit then for the daily quota (17) and the concurrency (15). A request refused by the
 //! token check does not count against the rate limit; one that passes the rate check does, even
 //! if its parameters are then refused.
+//! An injected error burst (`burst_rate`, `burst_codes`, `burst_len`) answers right after the
+//! token check, before the rate check.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {

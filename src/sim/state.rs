@@ -242,6 +242,11 @@ struct State {
     submits_seen: RateWindow,
     queries_seen: RateWindow,
     per_item: HashMap<ItemKey, u64>,
+    /// The error burst going on: its code and the calls it still answers.
+    burst: Option<(i64, u32)>,
+    /// Decides when bursts start and with which code (its own stream, so bursts never shift
+    /// the other random decisions).
+    burst_rng: ChaCha8Rng,
     /// Counters; the derived fields are filled in by [`Sim::stats`].
     stats: Stats,
 }
@@ -433,6 +438,8 @@ impl Sim {
             submits_seen: RateWindow::new(Duration::from_secs(1)),
             queries_seen: RateWindow::new(Duration::from_secs(1)),
             per_item: HashMap::new(),
+            burst: None,
+            burst_rng: ChaCha8Rng::seed_from_u64(mix64(config.seed ^ 0x6275_7273_7473)),
             stats: Stats::default(),
         };
         Sim {
@@ -573,7 +580,11 @@ impl Sim {
             .chain_update(b"token")
             .chain_update(n.to_le_bytes())
             .finalize();
-        let ttl = self.config.token_ttl.as_secs();
+        let ttl = self
+            .config
+            .token_expires_in
+            .unwrap_or(self.config.token_ttl)
+            .as_secs();
         let token = format!(
             "24.{}.{ttl}.{}.282335-{}",
             hex::encode(&digest[..16]),
@@ -615,6 +626,43 @@ impl Sim {
             }
             Some(_) => Ok(()),
         }
+    }
+
+    /// The answer of an injected error burst this call meets, if any. Every submit and query
+    /// draws from the burst generator, whether or not a burst starts, so the same call sequence
+    /// meets the same bursts.
+    fn burst(&self, st: &mut State, endpoint: Endpoint) -> Option<JsonAnswer> {
+        // The account's slots and daily quota only concern submits.
+        let applies = |code: i64| {
+            endpoint == Endpoint::Submit || !matches!(code, code::CONCURRENCY | code::DAILY_QUOTA)
+        };
+        let rate = self.config.burst_rate;
+        if rate <= 0.0 || self.config.burst_len == 0 {
+            return None;
+        }
+        let (u, pick) = (st.burst_rng.random::<f64>(), st.burst_rng.random::<u64>());
+        if st.burst.is_none() && u < rate {
+            let codes: Vec<i64> = self
+                .config
+                .burst_codes
+                .iter()
+                .copied()
+                .filter(|c| applies(*c))
+                .collect();
+            if !codes.is_empty() {
+                let code = codes[(pick % codes.len() as u64) as usize];
+                st.burst = Some((code, self.config.burst_len));
+            }
+        }
+        let (code, left) = st.burst.filter(|(c, _)| applies(*c))?;
+        st.burst = (left > 1).then_some((code, left - 1));
+        let msg = match code {
+            code::CONCURRENCY => "Open api concurrency limit reached",
+            code::DAILY_QUOTA => "Open api daily request limit reached",
+            code::QPS | code::QPS_OLD => "Open api qps request limit reached",
+            _ => "injected error burst",
+        };
+        Some(self.api_error(st, code, msg))
     }
 
     /// Moves tasks that have reached their final state out of the images in generation.
@@ -662,6 +710,9 @@ impl Sim {
         let now = Instant::now();
         let mut st = self.lock();
         if let Err(answer) = self.check_token(&mut st, token, now) {
+            return answer;
+        }
+        if let Some(answer) = self.burst(&mut st, Endpoint::Submit) {
             return answer;
         }
         if let Some((window, cap)) = st.submit_limit.as_mut()
@@ -817,6 +868,9 @@ impl Sim {
         if let Err(answer) = self.check_token(&mut st, token, now) {
             return answer;
         }
+        if let Some(answer) = self.burst(&mut st, Endpoint::Query) {
+            return answer;
+        }
         if let Some((window, cap)) = st.query_limit.as_mut()
             && !window.try_admit(now, *cap)
         {
@@ -846,7 +900,8 @@ impl Sim {
         // Two answers in the same millisecond still sign different URLs.
         let serial = task.queries;
         // Whole seconds, rounded up: the URL lives at least url_ttl.
-        let expires = (issued + self.config.url_ttl.as_millis() as u64).div_ceil(1000);
+        let announced = self.config.url_announced_ttl.unwrap_or(self.config.url_ttl);
+        let expires = (issued + announced.as_millis() as u64).div_ceil(1000);
         let subs: Vec<SubState> = (0..task.sub_done.len())
             .map(|i| task.sub_state(i, elapsed))
             .collect();
@@ -945,7 +1000,10 @@ impl Sim {
             st.stats.bad_signature_hits += 1;
             return Err(denied("The request signature does not match"));
         }
-        if self.unix_ms(now) >= expires * 1000 {
+        // A URL that announces more than it has dies after its real lifetime.
+        let dead = self.config.url_announced_ttl.is_some()
+            && self.unix_ms(now) >= issued.saturating_add(self.config.url_ttl.as_millis() as u64);
+        if self.unix_ms(now) >= expires * 1000 || dead {
             st.stats.expired_url_hits += 1;
             return Err(denied("Request has expired"));
         }
@@ -1279,5 +1337,137 @@ mod tests {
             c.sub_state(0, Duration::from_millis(200)).error_code,
             api::SUB_ERR_CENSORED
         );
+    }
+    #[test]
+    fn error_bursts_answer_their_code_for_burst_len_calls_and_spare_queries_of_submit_codes() {
+        let sim = Sim::new(SimConfig {
+            burst_rate: 1.0,
+            burst_codes: vec![code::DAILY_QUOTA],
+            burst_len: 2,
+            ..SimConfig::unlimited()
+        });
+        let mut st = sim.lock();
+        // A daily-quota burst never meets a query, so queries start none and pass.
+        assert!(sim.burst(&mut st, Endpoint::Query).is_none());
+        let first = sim.burst(&mut st, Endpoint::Submit).expect("burst starts");
+        assert_eq!(first.body["error_code"], code::DAILY_QUOTA);
+        assert!(sim.burst(&mut st, Endpoint::Query).is_none());
+        let second = sim.burst(&mut st, Endpoint::Submit).expect("burst goes on");
+        assert_eq!(second.body["error_code"], code::DAILY_QUOTA);
+        assert_eq!(st.stats.errors.get("17"), Some(&2));
+        // With rate 1 the next call starts the next burst.
+        assert!(sim.burst(&mut st, Endpoint::Submit).is_some());
+        drop(st);
+
+        let rates = Sim::new(SimConfig {
+            burst_rate: 0.2,
+            burst_codes: vec![code::QPS_OLD, code::QPS],
+            burst_len: 3,
+            seed: 9,
+            ..SimConfig::unlimited()
+        });
+        let mut st = rates.lock();
+        let answers: Vec<Option<i64>> = (0..300)
+            .map(|i| {
+                let endpoint = if i % 2 == 0 {
+                    Endpoint::Submit
+                } else {
+                    Endpoint::Query
+                };
+                rates
+                    .burst(&mut st, endpoint)
+                    .map(|a| a.body["error_code"].as_i64().unwrap())
+            })
+            .collect();
+        let hits = answers.iter().flatten().count();
+        assert!((60..=240).contains(&hits), "{hits} burst answers of 300");
+        assert!(answers.iter().flatten().all(|c| *c == 13 || *c == 18));
+        // Bursts come in runs of the configured length.
+        let runs: Vec<usize> = answers
+            .split(Option::is_none)
+            .map(<[Option<i64>]>::len)
+            .filter(|n| *n > 0)
+            .collect();
+        assert!(runs.iter().all(|n| n % 3 == 0), "{runs:?}");
+        let off = Sim::new(SimConfig::unlimited());
+        let mut st = off.lock();
+        assert!((0..100).all(|_| off.burst(&mut st, Endpoint::Submit).is_none()));
+    }
+    #[test]
+    fn a_token_can_announce_a_longer_life_than_it_has() {
+        let sim = Sim::new(SimConfig {
+            token_ttl: Duration::from_secs(1),
+            token_expires_in: Some(Duration::from_secs(2_592_000)),
+            ..SimConfig::unlimited()
+        });
+        let params: HashMap<String, String> = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "sim-ak"),
+            ("client_secret", "sim-sk"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let answer = sim.token(&params);
+        assert_eq!(answer.body["expires_in"], 2_592_000);
+        let token = answer.body["access_token"].as_str().unwrap().to_owned();
+        let mut st = sim.lock();
+        let now = Instant::now();
+        assert!(sim.check_token(&mut st, Some(&token), now).is_ok());
+        // It dies after the real lifetime, whatever it announced.
+        let late = sim.check_token(&mut st, Some(&token), now + Duration::from_secs(2));
+        assert_eq!(late.unwrap_err().body["error_code"], code::TOKEN_EXPIRED);
+    }
+    #[test]
+    fn a_url_can_announce_a_longer_life_than_it_has() {
+        let sim = Sim::new(SimConfig {
+            gen_ms: (0, 0),
+            url_ttl: Duration::from_millis(50),
+            url_announced_ttl: Some(Duration::from_secs(3600)),
+            ..SimConfig::unlimited()
+        });
+        let params: HashMap<String, String> = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "sim-ak"),
+            ("client_secret", "sim-sk"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let token = sim.token(&params).body["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let submitted = sim.submit(Some(&token), br#"{"prompt":"p","width":512,"height":512}"#);
+        let id = submitted.body["data"]["task_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let body = format!(r#"{{"task_id":"{id}"}}"#);
+        let answer = sim.query(Some(&token), body.as_bytes(), "h", true);
+        let url = answer.body["data"]["sub_task_result_list"][0]["final_image_list"][0]["img_url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (path, query) = url.trim_start_matches("http://h").split_once('?').unwrap();
+        let q = crate::sim::routes::parse_form(query);
+        let expires: u64 = q["expires"].parse().unwrap();
+        let issued: u64 = q["issued"].parse().unwrap();
+        assert!(expires * 1000 >= issued + 3_600_000, "announces an hour");
+        let file = path.rsplit('/').next().unwrap();
+        assert!(sim.image(&id, file, &q).is_ok(), "valid at first");
+        // Dies after its real 50 ms, long before its `expires`.
+        let start = Instant::now();
+        loop {
+            match sim.image(&id, file, &q) {
+                Err(denied) => {
+                    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+                    break;
+                }
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "never died"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sim.stats().expired_url_hits, 1);
     }
 }

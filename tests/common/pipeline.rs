@@ -77,7 +77,10 @@ impl Env {
             .env_remove("RUNNER_SUBMIT_QPS")
             .env_remove("RUNNER_QUERY_QPS")
             .env_remove("RUNNER_CONCURRENCY")
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUNNER_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -89,11 +92,7 @@ impl Env {
     pub async fn run(&self, args: &[&str]) -> Output {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(self.limits.iter().map(String::as_str));
-
-        tokio::time::timeout(DEADLINE, self.cmd(&all).output())
-            .await
-            .expect("runner finished in time")
-            .expect("runner ran")
+        finish(self.cmd(&all).spawn().expect("start runner")).await
     }
 
     /// Starts `submit` or `resume` in the background.
@@ -105,10 +104,7 @@ impl Env {
 
     /// Runs a command that needs no limits (status, verify, retry).
     pub async fn plain(&self, args: &[&str]) -> Output {
-        tokio::time::timeout(DEADLINE, self.cmd(args).output())
-            .await
-            .expect("runner finished in time")
-            .expect("runner ran")
+        finish(self.cmd(args).spawn().expect("start runner")).await
     }
 
     /// `runner status --json`.
@@ -130,6 +126,39 @@ impl Env {
             assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
             tokio::task::yield_now().await;
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Waits for a runner process; past [`DEADLINE`] it is killed and the test fails with what the
+/// process wrote so far (so a hang shows where it hung).
+pub async fn finish(mut child: Child) -> Output {
+    use tokio::io::AsyncReadExt;
+    let mut out = child.stdout.take().expect("stdout piped");
+    let mut err = child.stderr.take().expect("stderr piped");
+    let (mut out_buf, mut err_buf) = (Vec::new(), Vec::new());
+    let waited = tokio::time::timeout(DEADLINE, async {
+        let (a, b, status) = tokio::join!(
+            out.read_to_end(&mut out_buf),
+            err.read_to_end(&mut err_buf),
+            child.wait()
+        );
+        a.and(b).and(status)
+    })
+    .await;
+    match waited {
+        Ok(status) => Output {
+            status: status.expect("runner ran"),
+            stdout: out_buf,
+            stderr: err_buf,
+        },
+        Err(_) => {
+            let _ = child.start_kill();
+            panic!(
+                "runner did not finish within {DEADLINE:?}\nstdout:\n{}\nstderr:\n{}",
+                text(&out_buf),
+                text(&err_buf)
+            );
         }
     }
 }
