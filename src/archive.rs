@@ -63,6 +63,48 @@ fn io_at<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Arch
     }
 }
 
+/// A manifest being rewritten (see [`Archive::manifest_writer`]).
+#[derive(Debug)]
+pub struct ManifestWriter<'a> {
+    archive: &'a Archive,
+    batch: String,
+    dir: PathBuf,
+    path: PathBuf,
+    out: io::BufWriter<tempfile::NamedTempFile>,
+}
+
+impl ManifestWriter<'_> {
+    /// Adds one record (in order), and writes its sidecar if it is missing.
+    pub fn push(&mut self, r: &ImageRecord) -> Result<()> {
+        serde_json::to_writer(&mut self.out, r)
+            .map_err(|e| ArchiveError::BadImage(e.to_string()))?;
+        self.out
+            .write_all(b"\n")
+            .map_err(io_at("write", &self.path))?;
+        if let Some(rel) = r.path.as_deref()
+            && !self.archive.has_sidecar(r)
+            && self.archive.resolve(&self.batch, rel)?.exists()
+        {
+            self.archive.write_sidecar(r)?;
+        }
+        Ok(())
+    }
+
+    /// Syncs the new manifest and renames it over the old one.
+    pub fn finish(self) -> Result<()> {
+        let tmp = self
+            .out
+            .into_inner()
+            .map_err(|e| io_at("write", &self.path)(e.into_error()))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_at("sync", &self.path))?;
+        tmp.persist(&self.path)
+            .map_err(|e| io_at("rename into", &self.path)(e.error))?;
+        sync_dir(&self.dir)
+    }
+}
+
 /// What `verify` found for one archived image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileCheck {
@@ -352,23 +394,30 @@ impl Archive {
     /// Rewrites a batch's manifest from the store's records (temp file, fsync, rename), and
     /// writes any sidecar that is missing.
     pub fn sync_batch(&self, batch: &str, records: &[ImageRecord]) -> Result<()> {
-        let dir = self.batch_dir(batch)?;
-        self.ensure_dir(&dir)?;
-        let mut out = Vec::with_capacity(records.len() * 512);
+        let mut w = self.manifest_writer(batch)?;
         for r in records {
-            serde_json::to_writer(&mut out, r)
-                .map_err(|e| ArchiveError::BadImage(e.to_string()))?;
-            out.push(b'\n');
-            if r.path.is_some()
-                && !self.has_sidecar(r)
-                && self
-                    .resolve(batch, r.path.as_deref().unwrap_or_default())?
-                    .exists()
-            {
-                self.write_sidecar(r)?;
-            }
+            w.push(r)?;
         }
-        self.write_in_batch(batch, &dir.join("manifest.jsonl"), &out, true)
+        w.finish()
+    }
+
+    /// A new manifest for `batch`, written record by record into a temp file in the batch's
+    /// `.tmp` and put in place by [`ManifestWriter::finish`].
+    pub fn manifest_writer(&self, batch: &str) -> Result<ManifestWriter<'_>> {
+        let dir = self.batch_dir(batch)?;
+        let tmp_dir = dir.join(".tmp");
+        self.ensure_dir(&tmp_dir)?;
+        let path = dir.join("manifest.jsonl");
+        refuse_symlink(&path)?;
+        let tmp = tempfile::NamedTempFile::new_in(&tmp_dir)
+            .map_err(io_at("create temp file in", &tmp_dir))?;
+        Ok(ManifestWriter {
+            archive: self,
+            batch: batch.to_owned(),
+            dir,
+            path,
+            out: io::BufWriter::with_capacity(1 << 16, tmp),
+        })
     }
 
     /// Re-hashes an archived image against its recorded hash.

@@ -15,11 +15,12 @@
 //! nothing new starts.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::TryStreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use serde::Serialize;
@@ -162,6 +163,71 @@ struct Task {
     recovered: bool,
 }
 
+/// The tasks being watched, with an index by due time of those not being polled right now, so
+/// the next poll is found without a scan (a large backlog may hold many tasks).
+#[derive(Debug, Default)]
+struct Running {
+    tasks: HashMap<String, Task>,
+    by_due: BTreeSet<(Instant, String)>,
+}
+
+impl Running {
+    fn insert(&mut self, task: Task) {
+        self.remove(&task.key);
+        if !task.polling {
+            self.by_due.insert((task.due, task.key.clone()));
+        }
+        self.tasks.insert(task.key.clone(), task);
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Task> {
+        let task = self.tasks.remove(key)?;
+        if !task.polling {
+            self.by_due.remove(&(task.due, task.key.clone()));
+        }
+        Some(task)
+    }
+
+    /// The task not being polled that is due first.
+    fn next_due(&self) -> Option<(String, Instant)> {
+        self.by_due.first().map(|(due, key)| (key.clone(), *due))
+    }
+
+    /// Marks a task as being polled; returns a copy to work on (re-`insert` it to update it).
+    fn start_poll(&mut self, key: &str) -> Option<Task> {
+        let task = self.tasks.get_mut(key).filter(|t| !t.polling)?;
+        self.by_due.remove(&(task.due, task.key.clone()));
+        task.polling = true;
+        let mut copy = task.clone();
+        copy.polling = false;
+        Some(copy)
+    }
+
+    /// Ends a poll that left the task in place unchanged.
+    fn end_poll(&mut self, key: &str) {
+        if let Some(task) = self.tasks.get_mut(key).filter(|t| t.polling) {
+            task.polling = false;
+            self.by_due.insert((task.due, task.key.clone()));
+        }
+    }
+
+    fn contains_key(&self, key: &str) -> bool {
+        self.tasks.contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values()
+    }
+}
+
 #[derive(Debug)]
 struct Queued {
     expires: i64,
@@ -232,7 +298,7 @@ impl Durations {
 struct State {
     slots_held: u32,
     slot_cap: u32,
-    running: HashMap<String, Task>,
+    running: Running,
     requeued: Vec<PendingItem>,
     fetch_ready: BinaryHeap<Reverse<Queued>>,
     fetch_delayed: Vec<(Instant, FetchImage)>,
@@ -416,7 +482,7 @@ pub async fn run(
         if cleared > 0 {
             tracing::info!(batch = %b, files = cleared, "removed unfinished downloads");
         }
-        archive.sync_batch(b, &store.image_records(b).await?)?;
+        rewrite_manifest(&store, &archive, b).await?;
     }
 
     let mut state = State {
@@ -429,23 +495,21 @@ pub async fn run(
         if !t.fetching {
             state.slots_held += u32::from(t.image_num);
         }
-        state.running.insert(
-            t.key.clone(),
-            Task {
-                key: t.key,
-                task_id: t.task_id,
-                image_num: t.image_num,
-                started: now - Duration::from_millis((now_ms() - t.submitted_at).clamp(0, 86_400_000) as u64),
-                due: now,
-                progress: None,
-                prev_progress: None,
-                last_poll: None,
-                errors: 0,
-                refresh: t.fetching,
-                polling: false,
-                recovered: true,
-            },
-        );
+        state.running.insert(Task {
+            key: t.key,
+            task_id: t.task_id,
+            image_num: t.image_num,
+            started: now
+                - Duration::from_millis((now_ms() - t.submitted_at).clamp(0, 86_400_000) as u64),
+            due: now,
+            progress: None,
+            prev_progress: None,
+            last_poll: None,
+            errors: 0,
+            refresh: t.fetching,
+            polling: false,
+            recovered: true,
+        });
     }
     // Fetching items only need their listed images; they are polled only when a URL has died.
     let fetching: Vec<String> = state
@@ -541,9 +605,7 @@ pub async fn run(
 
     let batches_now = shared.opts.batches.clone();
     for b in &batches {
-        shared
-            .archive
-            .sync_batch(b, &shared.store.image_records(b).await?)?;
+        rewrite_manifest(&shared.store, &shared.archive, b).await?;
     }
     let pending = shared
         .store
@@ -593,6 +655,22 @@ pub async fn run(
         lost_total,
         elapsed_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Rewrites a batch's manifest from the store, record by record (memory stays flat however
+/// large the batch), and puts back any missing sidecar.
+pub async fn rewrite_manifest(
+    store: &Store,
+    archive: &Archive,
+    batch: &str,
+) -> Result<(), SchedulerError> {
+    let mut writer = archive.manifest_writer(batch)?;
+    let mut records = store.image_records_stream(batch);
+    while let Some(record) = records.try_next().await? {
+        writer.push(&record)?;
+    }
+    writer.finish()?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -864,23 +942,20 @@ async fn handle_submit_answer(
             let mut st = s.state();
             st.submitted += 1;
             st.rate_strikes = 0;
-            st.running.insert(
-                item.key.clone(),
-                Task {
-                    key: item.key.clone(),
-                    task_id: data.task_id,
-                    image_num: item.image_num,
-                    started: now,
-                    due: now + first,
-                    progress: None,
-                    prev_progress: None,
-                    last_poll: None,
-                    errors: 0,
-                    refresh: false,
-                    polling: false,
-                    recovered: false,
-                },
-            );
+            st.running.insert(Task {
+                key: item.key.clone(),
+                task_id: data.task_id,
+                image_num: item.image_num,
+                started: now,
+                due: now + first,
+                progress: None,
+                prev_progress: None,
+                last_poll: None,
+                errors: 0,
+                refresh: false,
+                polling: false,
+                recovered: false,
+            });
             drop(st);
             s.wake_poll.notify_one();
             return Ok(None);
@@ -1100,11 +1175,7 @@ async fn poll_tasks(
         }
         let pick = {
             let st = s.state();
-            st.running
-                .values()
-                .filter(|t| !t.polling)
-                .min_by_key(|t| t.due)
-                .map(|t| (t.key.clone(), t.due))
+            st.running.next_due()
         };
         let Some((key, due)) = pick else {
             tokio::select! {
@@ -1134,14 +1205,9 @@ async fn poll_tasks(
         }
         let task = {
             let mut st = s.state();
-            match st.running.get_mut(&key) {
-                Some(t) if !t.polling => {
-                    t.polling = true;
-                    let mut copy = t.clone();
-                    copy.polling = false;
-                    copy
-                }
-                _ => continue,
+            match st.running.start_poll(&key) {
+                Some(task) => task,
+                None => continue,
             }
         };
         let s2 = s.clone();
@@ -1150,9 +1216,7 @@ async fn poll_tasks(
             s2.state().queries += 1;
             let key = task.key.clone();
             let result = handle_query_answer(&s2, task, answer).await;
-            if let Some(t) = s2.state().running.get_mut(&key) {
-                t.polling = false;
-            }
+            s2.state().running.end_poll(&key);
             s2.wake_poll.notify_one();
             // A task that left the running set may have been the last thing the submit loop
             // waited for (it checks the set when woken).
@@ -1294,7 +1358,7 @@ async fn handle_query_answer(
             } else {
                 next_due(&task, now, &st.durations, running, s.opts.limits.query_qps)
             };
-            st.running.insert(task.key.clone(), task);
+            st.running.insert(task);
         }
     }
     Ok(())
@@ -1343,7 +1407,7 @@ async fn handle_query_error(
             );
             task.due = now + wait;
             tracing::debug!(key = %task.key, error = %e, "query failed; polling again later");
-            s.state().running.insert(task.key.clone(), task);
+            s.state().running.insert(task);
             Ok(())
         }
     }
@@ -1623,23 +1687,20 @@ async fn request_fresh_urls(
     st.awaiting_urls.entry(key.clone()).or_default().push(image);
     if !st.running.contains_key(&key) {
         let now = Instant::now();
-        st.running.insert(
-            key.clone(),
-            Task {
-                key,
-                task_id,
-                image_num: 0,
-                started: now,
-                due: now,
-                progress: None,
-                prev_progress: None,
-                last_poll: None,
-                errors: 0,
-                refresh: true,
-                polling: false,
-                recovered: false,
-            },
-        );
+        st.running.insert(Task {
+            key,
+            task_id,
+            image_num: 0,
+            started: now,
+            due: now,
+            progress: None,
+            prev_progress: None,
+            last_poll: None,
+            errors: 0,
+            refresh: true,
+            polling: false,
+            recovered: false,
+        });
     }
     drop(st);
     s.wake_poll.notify_one();
@@ -1737,6 +1798,55 @@ mod tests {
             .duration_since(now)
             .as_secs_f64();
         assert!((wait - 2.01).abs() < 0.005, "{wait}");
+    }
+
+    fn task(key: &str, due: Instant) -> Task {
+        Task {
+            key: key.into(),
+            task_id: "1".into(),
+            image_num: 1,
+            started: due,
+            due,
+            progress: None,
+            prev_progress: None,
+            last_poll: None,
+            errors: 0,
+            refresh: false,
+            polling: false,
+            recovered: false,
+        }
+    }
+
+    #[test]
+    fn the_running_index_follows_polls_and_updates() {
+        let t0 = Instant::now();
+        let mut r = Running::default();
+        r.insert(task("a", t0 + Duration::from_secs(3)));
+        r.insert(task("b", t0 + Duration::from_secs(1)));
+        r.insert(task("c", t0 + Duration::from_secs(2)));
+        assert_eq!(r.next_due().unwrap().0, "b");
+        // Being polled: out of the index, still running.
+        let mut b = r.start_poll("b").unwrap();
+        assert!(r.start_poll("b").is_none(), "not polled twice at once");
+        assert_eq!(r.next_due().unwrap().0, "c");
+        assert!(r.contains_key("b"));
+        // The poll moved it later.
+        b.due = t0 + Duration::from_secs(5);
+        r.insert(b);
+        r.end_poll("b");
+        assert_eq!(r.by_due.len(), 3);
+        assert_eq!(r.remove("c").unwrap().key, "c");
+        assert_eq!(r.next_due().unwrap().0, "a");
+        // A poll that changed nothing puts the task back as it was.
+        r.start_poll("a").unwrap();
+        r.end_poll("a");
+        assert_eq!(r.next_due().unwrap().0, "a");
+        // Removed while being polled.
+        r.start_poll("a").unwrap();
+        r.remove("a");
+        assert_eq!(r.next_due().unwrap().0, "b");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.by_due.len(), 1);
     }
 
     #[test]

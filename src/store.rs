@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
@@ -1342,13 +1344,22 @@ impl Store {
     /// Archive records (archived, skipped and lost images) of a batch, in item order: the
     /// manifest's content.
     pub async fn image_records(&self, batch: &str) -> Result<Vec<ImageRecord>> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
+        self.image_records_stream(batch).try_collect().await
+    }
+
+    /// [`Store::image_records`] one at a time, without holding them all (a batch may have
+    /// hundreds of thousands).
+    pub fn image_records_stream<'a>(
+        &'a self,
+        batch: &'a str,
+    ) -> BoxStream<'a, Result<ImageRecord>> {
+        sqlx::query(AssertSqlSafe(format!(
             "{RECORD_SELECT} WHERE i.batch = ? AND m.state != 'listed' ORDER BY i.seq, m.idx"
         )))
         .bind(batch)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(record_of).collect()
+        .fetch(&self.pool)
+        .map(|row| row.map_err(StoreError::from).and_then(|r| record_of(&r)))
+        .boxed()
     }
 
     /// Puts an archived image whose file is missing or corrupt back to `listed`, and its item

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use super::run::{self, StoreArgs};
 use super::{Exit, ExitError};
+use futures::TryStreamExt;
+
 use crate::archive::{Archive, FileCheck};
+use crate::scheduler;
 
 /// Re-hash every archived image against the store; requeue what is missing or corrupt (the next
 /// `resume` downloads it again with fresh URLs); rewrite each manifest from the store.
@@ -33,7 +36,10 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     }
     let (mut checked, mut missing, mut corrupt, mut temp) = (0u64, 0u64, 0u64, 0usize);
     for batch in &batches {
-        for rec in store.image_records(batch).await? {
+        // Problems are few: collect them while streaming, requeue after.
+        let mut problems = Vec::new();
+        let mut records = store.image_records_stream(batch);
+        while let Some(rec) = records.try_next().await? {
             let (Some(path), Some(sha)) = (&rec.path, &rec.sha256) else {
                 continue;
             };
@@ -53,15 +59,17 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
                 }
             };
             eprintln!("{batch}/{path}: {reason}; requeued");
-            store
-                .requeue_image(&rec.item_key, rec.index, reason)
-                .await?;
+            problems.push((rec.item_key.clone(), rec.index, reason));
+        }
+        drop(records);
+        for (key, index, reason) in problems {
+            store.requeue_image(&key, index, reason).await?;
         }
         temp += archive
             .clear_temp(batch)
             .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
-        archive
-            .sync_batch(batch, &store.image_records(batch).await?)
+        scheduler::rewrite_manifest(&store, &archive, batch)
+            .await
             .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
     }
     let clean = missing == 0 && corrupt == 0;
