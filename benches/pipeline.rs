@@ -816,7 +816,13 @@ async fn unlimited_once(opts: &Options, name: &str, n: usize, prompt: &str) -> (
     let run = run_runner(opts, dir.path(), &job, &sim, NO_LIMITS).await;
     let ok = check_done(&run, n);
     let stats = sim.stats();
+    let tasks = sim.tasks();
     sim.shutdown().await;
+    // How far the downloads trail the submits: a growing backlog shows as a growing latency.
+    let mut latency: Vec<f64> = tasks
+        .iter()
+        .filter_map(|t| Some((t.first_download_ms? - t.submitted_ms) as f64 / 1000.0))
+        .collect();
     let mut f = Figures::default();
     let load = run.load_s.unwrap_or(f64::NAN);
     f.put("items", n as f64);
@@ -837,6 +843,8 @@ async fn unlimited_once(opts: &Options, name: &str, n: usize, prompt: &str) -> (
         "queries per task",
         stats.queries as f64 / stats.submits.max(1) as f64,
     );
+    f.put("submit to download median s", quantile(&mut latency, 0.5));
+    f.put("submit to download max s", quantile(&mut latency, 1.0));
     finish_dir(opts, dir);
     (f, ok)
 }

@@ -6,6 +6,8 @@
 #   scripts/bench-profile.sh strace [N]   # system calls: count and wall time in each (strace -f -c -w)
 #   scripts/bench-profile.sh offcpu [N]   # where threads wait: perf sched is often unavailable in
 #                                         # VMs, so this samples thread states from /proc instead
+#   scripts/bench-profile.sh rss    [N]   # resident memory over time, beside the simulator's
+#                                         # submit and download counts (every 0.5 s)
 #
 # N defaults to 2000. Needs target/release/runner (cargo build --release). Output goes to
 # $OUT (default: a temp dir, printed); the temp store and archive are removed at the end.
@@ -75,8 +77,23 @@ offcpu)
     wait "$pid" || true
     sort "$out/states.txt" | uniq -c | sort -rn | head -30
     ;;
+rss)
+    "${run[@]}" 2> "$out/runner.err" &
+    pid=$!
+    start=$(date +%s.%N)
+    echo "seconds rss_kib submits downloads" | tee "$out/rss.txt"
+    while kill -0 "$pid" 2> /dev/null; do
+        rss=$(awk '/^VmRSS/ {print $2}' /proc/"$pid"/status 2> /dev/null || true)
+        stats=$(curl -s "$url/__sim/stats" || true)
+        sub=$(grep -o '"submits":[0-9]*' <<< "$stats" | cut -d: -f2)
+        dl=$(grep -o '"downloads":[0-9]*' <<< "$stats" | cut -d: -f2)
+        echo "$(echo "$(date +%s.%N) - $start" | bc | xargs printf '%.1f') ${rss:-0} ${sub:-0} ${dl:-0}" | tee -a "$out/rss.txt"
+        sleep 0.5
+    done
+    wait "$pid" || true
+    ;;
 *)
-    echo "unknown mode $mode: perf, strace or offcpu" >&2
+    echo "unknown mode $mode: perf, strace, offcpu or rss" >&2
     exit 2
     ;;
 esac
