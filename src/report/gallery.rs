@@ -872,3 +872,242 @@ fn index_page(out: &mut String, statuses: &[BatchStatus], root: &Path) {
     }
     html::page_tail(out, false);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::api::{Verdict, Version};
+    use crate::report::{CellImage, Column, Failure, Pivot};
+
+    fn col(w: u32, h: u32) -> Column {
+        Column {
+            size: Size::new(w, h),
+            version: Version::V2,
+            image_num: 1,
+            variant: 0,
+        }
+    }
+
+    fn cell(group: u32, row: u32, column: u32, prompt: &str, image: Option<CellImage>) -> Cell {
+        Cell {
+            group,
+            row,
+            column,
+            key: format!("{:032x}", group * 100 + row * 10 + column),
+            prompt: prompt.into(),
+            size: Size::new(512, 512),
+            version: Version::V2,
+            image_num: 1,
+            variant: 0,
+            tags: BTreeMap::from([("sku".to_string(), "<b>A&1</b>".to_string())]),
+            vars: BTreeMap::from([
+                ("animal".to_string(), prompt.to_string()),
+                ("place".to_string(), "海边".to_string()),
+            ]),
+            state: ItemState::Done,
+            failure: None,
+            image,
+        }
+    }
+
+    fn archived(verdict: Verdict) -> Option<CellImage> {
+        Some(CellImage {
+            index: 0,
+            state: ImageState::Archived,
+            verdict,
+            path: Some("images/00/k-0.png".into()),
+            sha256: Some("ab".into()),
+            error: None,
+        })
+    }
+
+    #[test]
+    fn a_template_grid_has_a_header_per_var_and_column_and_fills_gaps() {
+        let groups = vec![Group {
+            template: Some("{animal}在{place}<跑>".into()),
+            columns: vec![col(512, 512), col(1024, 1024)],
+            pivot: None,
+            rows: 2,
+            items: 3,
+        }];
+        let mut g = GridWriter::new(&groups, Some("../../archive/b/".into()));
+        let ready = Thumb::Ready(Size::new(256, 256));
+        g.cell(&cell(0, 0, 0, "猫", archived(Verdict::Pass)), &ready);
+        g.cell(&cell(0, 0, 1, "猫", archived(Verdict::Review)), &ready);
+        // Row 1 has only its second column.
+        g.cell(&cell(0, 1, 1, "狗", archived(Verdict::Pass)), &ready);
+        g.finish();
+        let html = &g.out;
+        assert!(
+            html.contains("<h2>Template <code>{animal}在{place}&lt;跑&gt;</code></h2>"),
+            "{html}"
+        );
+        assert!(
+            html.contains(
+                "<th>animal</th><th>place</th><th>512x512 · v2</th><th>1024x1024 · v2</th>"
+            ),
+            "{html}"
+        );
+        assert_eq!(
+            html.matches("<tr>").count(),
+            3,
+            "a header and two rows: {html}"
+        );
+        assert_eq!(
+            html.matches("<td class=\"empty\">—</td>").count(),
+            1,
+            "{html}"
+        );
+        let row2 = &html[html.rfind("<tr>").unwrap()..];
+        assert!(
+            row2.find("class=\"empty\"").unwrap() < row2.find("v-pass").unwrap(),
+            "{row2}"
+        );
+        assert_eq!(html.matches("<figure class=\"card v-pass\"").count(), 2);
+        assert_eq!(html.matches("<figure class=\"card v-review\"").count(), 1);
+        assert!(html.contains("<a href=\"../../archive/b/images/00/k-0.png\"><img src=\"thumbs/"));
+        assert!(
+            html.contains("<span class=\"tag\">sku=&lt;b&gt;A&amp;1&lt;/b&gt;</span>"),
+            "{html}"
+        );
+        assert!(!html.contains("<b>"));
+        assert!(html.ends_with("</tbody></table></section>\n"));
+    }
+
+    #[test]
+    fn a_pivoted_template_has_the_last_var_across() {
+        let groups = vec![Group {
+            template: Some("{animal}在{place}".into()),
+            columns: vec![col(512, 512)],
+            pivot: Some(Pivot {
+                var: "place".into(),
+                values: vec!["草原".into(), "海边".into()],
+            }),
+            rows: 1,
+            items: 1,
+        }];
+        let mut g = GridWriter::new(&groups, None);
+        g.cell(
+            &cell(0, 0, 1, "猫", archived(Verdict::Block)),
+            &Thumb::Ready(Size::new(256, 256)),
+        );
+        g.finish();
+        let html = &g.out;
+        assert!(
+            html.contains("<th>animal</th><th>place: 草原</th><th>place: 海边</th>"),
+            "{html}"
+        );
+        assert!(!html.contains("<th>place</th>"), "{html}");
+        assert!(
+            html.contains("<tr><th title=\"猫\">猫</th><td class=\"empty\">—</td><td>"),
+            "{html}"
+        );
+        assert!(!html.contains("<a href"), "no archive, no links");
+    }
+
+    #[test]
+    fn single_column_groups_flow_and_placeholders_say_why() {
+        let groups = vec![
+            Group {
+                template: None,
+                columns: vec![col(512, 512)],
+                pivot: None,
+                rows: 4,
+                items: 4,
+            },
+            Group {
+                template: None,
+                columns: vec![col(512, 512), col(640, 360)],
+                pivot: None,
+                rows: 1,
+                items: 2,
+            },
+        ];
+        let mut g = GridWriter::new(&groups, None);
+        let mut failed = cell(0, 0, 0, "失败", None);
+        failed.state = ItemState::Failed;
+        failed.failure = Some(Failure {
+            class: "permanent".into(),
+            code: Some(501),
+            message: "prompt blocked <by> censorship".into(),
+        });
+        g.cell(&failed, &Thumb::None);
+        let mut skipped = cell(0, 1, 0, "拦截", archived(Verdict::Block));
+        if let Some(i) = skipped.image.as_mut() {
+            i.state = ImageState::Skipped;
+            i.path = None;
+        }
+        g.cell(&skipped, &Thumb::None);
+        let mut pending = cell(0, 2, 0, "等待", None);
+        pending.state = ItemState::Pending;
+        g.cell(&pending, &Thumb::None);
+        g.cell(
+            &cell(0, 3, 0, "丢了", archived(Verdict::Pass)),
+            &Thumb::Failed("b/images/00/k-0.png is missing from the archive".into()),
+        );
+        g.cell(
+            &cell(1, 0, 1, "宽", archived(Verdict::Pass)),
+            &Thumb::Ready(Size::new(256, 144)),
+        );
+        g.finish();
+        let html = &g.out;
+        let flow = &html[..html.find("</section>").unwrap()];
+        assert!(
+            flow.contains("<div class=\"flow\">") && !flow.contains("<table"),
+            "{flow}"
+        );
+        assert!(html.contains("class=\"card v-failed\""));
+        assert!(
+            html.contains("failed (permanent 501): prompt blocked &lt;by&gt; censorship"),
+            "{html}"
+        );
+        assert!(html.contains("class=\"card v-block\""));
+        assert!(html.contains("aria-label=\"blocked\""));
+        assert!(html.contains("archive policy skips block images"));
+        assert!(html.contains("class=\"card v-waiting\""));
+        assert!(html.contains("<span class=\"badge b-waiting\">pending</span>"));
+        assert!(html.contains("is missing from the archive; `runner verify` fetches it again"));
+        assert_eq!(
+            html.matches("<img ").count(),
+            1,
+            "placeholders are inline SVG"
+        );
+        assert!(html.contains("<svg class=\"ph\""));
+        // The second group is a table whose first column is empty.
+        let table = &html[html.find("<table").unwrap()..];
+        assert!(table.contains("<th>prompt</th>"));
+        assert!(
+            table.contains("<tr><th>宽</th><td class=\"empty\">—</td><td>"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn an_empty_batch_says_so() {
+        let mut g = GridWriter::new(&[], None);
+        g.finish();
+        assert!(g.out.contains("no items"));
+    }
+
+    #[test]
+    fn vars_follow_the_template_and_links_are_relative() {
+        let names = ["place".to_string(), "animal".to_string(), "zz".to_string()];
+        assert_eq!(
+            var_order("{animal}在{place}", names.iter()),
+            vec!["animal", "place", "zz"]
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let page = dir.path().join("report/b");
+        let images = dir.path().join("my archive/b");
+        fs::create_dir_all(&page).unwrap();
+        fs::create_dir_all(&images).unwrap();
+        assert_eq!(
+            relative_dir(&page, &images).as_deref(),
+            Some("../../my%20archive/b/")
+        );
+        assert_eq!(relative_dir(&page, &page).as_deref(), Some(""));
+        assert_eq!(relative_dir(&page, &dir.path().join("none")), None);
+    }
+}

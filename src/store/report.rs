@@ -348,3 +348,304 @@ fn export_row_of(r: &SqliteRow) -> Result<ExportRow> {
         batch,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Verdict, Version};
+    use crate::jobfile::{ArchivePolicy, Item, Origin};
+    use crate::store::ListedImage;
+    use futures::TryStreamExt;
+
+    fn item(
+        n: u32,
+        prompt: &str,
+        size: (u32, u32),
+        template: Option<(&str, &[(&str, &str)])>,
+    ) -> Item {
+        Item {
+            key: format!("{:032x}", u128::from(n) + 0xfeed_0000),
+            batch: "b".into(),
+            prompt: prompt.into(),
+            size: Size::new(size.0, size.1),
+            version: Version::V2,
+            image_num: if n >= 10 { 2 } else { 1 },
+            variant: 0,
+            tags: BTreeMap::from([("n".to_string(), n.to_string())]),
+            vars: template
+                .map(|(_, vars)| {
+                    vars.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            template: template.map(|(t, _)| t.to_string()),
+            line: n,
+            origin: Origin::JobFile,
+        }
+    }
+
+    /// Items in file order: a template of one size with two vars (pivoted), a template of two
+    /// sizes, two plain prompts of one size, two plain prompts of two sizes each.
+    fn job() -> Vec<Item> {
+        let t1 = "{a}在{b}";
+        let t2 = "{c}画";
+        vec![
+            item(0, "x在p", (512, 512), Some((t1, &[("a", "x"), ("b", "p")]))),
+            item(1, "x在q", (512, 512), Some((t1, &[("a", "x"), ("b", "q")]))),
+            item(2, "y在p", (512, 512), Some((t1, &[("a", "y"), ("b", "p")]))),
+            item(3, "y在q", (512, 512), Some((t1, &[("a", "y"), ("b", "q")]))),
+            item(4, "m画", (512, 512), Some((t2, &[("c", "m")]))),
+            item(5, "m画", (1024, 1024), Some((t2, &[("c", "m")]))),
+            item(6, "n画", (512, 512), Some((t2, &[("c", "n")]))),
+            item(7, "n画", (1024, 1024), Some((t2, &[("c", "n")]))),
+            item(8, "一", (512, 512), None),
+            item(9, "二", (512, 512), None),
+            item(10, "三", (512, 512), None),
+            item(11, "三", (1024, 1024), None),
+            // The other size first: the same set of columns, so the same group.
+            item(12, "四", (1024, 1024), None),
+            item(13, "四", (512, 512), None),
+        ]
+    }
+
+    async fn store_with_job() -> (tempfile::TempDir, Store, Vec<Item>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let items = job();
+        store
+            .load_items("b", ArchivePolicy::default(), "f", &items)
+            .await
+            .unwrap();
+        (dir, store, items)
+    }
+
+    fn pivots() -> BTreeMap<String, String> {
+        BTreeMap::from([("{a}在{b}".to_string(), "b".to_string())])
+    }
+
+    #[tokio::test]
+    async fn items_are_grouped_by_template_and_by_the_columns_of_plain_prompts() {
+        let (_dir, store, _) = store_with_job().await;
+        let templates = store.report_templates("b").await.unwrap();
+        assert_eq!(
+            templates,
+            vec![("{a}在{b}".to_string(), 1), ("{c}画".to_string(), 2)]
+        );
+        let groups = store.report_groups("b", &pivots()).await.unwrap();
+        assert_eq!(groups.len(), 4, "{groups:#?}");
+        let sizes = |g: &Group| {
+            g.columns
+                .iter()
+                .map(|c| c.size.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(groups[0].template.as_deref(), Some("{a}在{b}"));
+        assert_eq!(
+            groups[0].pivot,
+            Some(Pivot {
+                var: "b".into(),
+                values: vec!["p".into(), "q".into()]
+            })
+        );
+        assert_eq!((groups[0].rows, groups[0].items), (2, 4));
+        assert_eq!(sizes(&groups[0]), vec!["512x512"]);
+        assert_eq!(groups[1].template.as_deref(), Some("{c}画"));
+        assert_eq!(groups[1].pivot, None);
+        assert_eq!(sizes(&groups[1]), vec!["512x512", "1024x1024"]);
+        assert_eq!((groups[1].rows, groups[1].items), (2, 4));
+        assert_eq!(groups[2].template, None);
+        assert_eq!(sizes(&groups[2]), vec!["512x512"]);
+        assert_eq!((groups[2].rows, groups[2].items), (2, 2));
+        assert_eq!(sizes(&groups[3]), vec!["512x512", "1024x1024"]);
+        assert_eq!((groups[3].rows, groups[3].items), (2, 4));
+        assert!(
+            store
+                .report_groups("nope", &pivots())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn cells_come_in_group_row_column_order_with_their_images() {
+        let (_dir, store, items) = store_with_job().await;
+        // Item 13 (四 512x512, two images) succeeds; item 9 (二) fails.
+        let done = &items[13];
+        store.mark_submitting(&done.key).await.unwrap();
+        store.mark_running(&done.key, "77").await.unwrap();
+        let listed = |idx, verdict| ListedImage {
+            idx,
+            url: format!("http://h/{idx}.png"),
+            url_expires_at: crate::store::now_ms() + 60_000,
+            width: 512,
+            height: 512,
+            verdict,
+        };
+        store
+            .mark_succeeded(
+                &done.key,
+                &[listed(0, Verdict::Pass), listed(1, Verdict::Block)],
+            )
+            .await
+            .unwrap();
+        store.mark_submitting(&items[9].key).await.unwrap();
+        store
+            .mark_failed(
+                &items[9].key,
+                crate::api::ErrorClass::Permanent,
+                Some(501),
+                "censored",
+            )
+            .await
+            .unwrap();
+
+        let cells: Vec<Cell> = store
+            .report_cells("b", &pivots())
+            .try_collect()
+            .await
+            .unwrap();
+        let places: Vec<(u32, u32, u32, &str, Option<u32>)> = cells
+            .iter()
+            .map(|c| {
+                (
+                    c.group,
+                    c.row,
+                    c.column,
+                    c.prompt.as_str(),
+                    c.image.as_ref().map(|i| i.index),
+                )
+            })
+            .collect();
+        assert_eq!(
+            places,
+            vec![
+                (0, 0, 0, "x在p", None),
+                (0, 0, 1, "x在q", None),
+                (0, 1, 0, "y在p", None),
+                (0, 1, 1, "y在q", None),
+                (1, 0, 0, "m画", None),
+                (1, 0, 1, "m画", None),
+                (1, 1, 0, "n画", None),
+                (1, 1, 1, "n画", None),
+                (2, 0, 0, "一", None),
+                (2, 1, 0, "二", None),
+                (3, 0, 0, "三", None),
+                (3, 0, 1, "三", None),
+                // 四 wrote 1024x1024 first, but the group's columns are in file order.
+                (3, 1, 0, "四", Some(0)),
+                (3, 1, 0, "四", Some(1)),
+                (3, 1, 1, "四", None),
+            ]
+        );
+        let failed = &cells[9];
+        assert_eq!(failed.state, crate::store::ItemState::Failed);
+        let f = failed.failure.as_ref().unwrap();
+        assert_eq!(
+            (f.class.as_str(), f.code, f.message.as_str()),
+            ("permanent", Some(501), "censored")
+        );
+        let blocked = cells[13].image.as_ref().unwrap();
+        assert_eq!(
+            (blocked.state, blocked.verdict),
+            (ImageState::Skipped, Verdict::Block)
+        );
+        assert_eq!(cells[12].image.as_ref().unwrap().state, ImageState::Listed);
+        assert_eq!(cells[0].vars["a"], "x");
+        assert_eq!(cells[0].tags["n"], "0");
+        // Without the pivot the first template has one column and four rows.
+        let plain: Vec<Cell> = store
+            .report_cells("b", &BTreeMap::new())
+            .try_collect()
+            .await
+            .unwrap();
+        let first: Vec<(u32, u32)> = plain.iter().take(4).map(|c| (c.row, c.column)).collect();
+        assert_eq!(first, vec![(0, 0), (1, 0), (2, 0), (3, 0)]);
+    }
+
+    #[tokio::test]
+    async fn timeline_quota_runs_and_exports() {
+        let (_dir, store, items) = store_with_job().await;
+        let before = crate::store::now_ms();
+        let run = store.start_run("submit").await.unwrap();
+        for it in &items[..3] {
+            store.mark_submitting(&it.key).await.unwrap();
+            store.mark_running(&it.key, "1").await.unwrap();
+        }
+        store
+            .mark_succeeded(
+                &items[0].key,
+                &[ListedImage {
+                    idx: 0,
+                    url: "http://h/0.png".into(),
+                    url_expires_at: crate::store::now_ms() + 60_000,
+                    width: 512,
+                    height: 512,
+                    verdict: Verdict::Review,
+                }],
+            )
+            .await
+            .unwrap();
+        store
+            .mark_archived(&items[0].key, 0, "images/00/k-0.png", "ab", 9)
+            .await
+            .unwrap();
+        store.end_run(run, 0, "{}").await.unwrap();
+
+        let bins = store.report_timeline("b").await.unwrap();
+        assert_eq!(bins.iter().map(|b| b.submitted).sum::<u32>(), 3);
+
+        assert_eq!(bins.iter().map(|b| b.finished).sum::<u32>(), 1);
+        assert!(bins.iter().all(|b| b.minute_ms % 60_000 == 0));
+        assert_eq!(store.images_submitted_since(before).await.unwrap(), 3);
+        store.mark_submitting(&items[10].key).await.unwrap();
+        store.mark_running(&items[10].key, "2").await.unwrap();
+        // Item 10 makes two images.
+        assert_eq!(store.images_submitted_since(before).await.unwrap(), 5);
+        assert_eq!(
+            store
+                .images_submitted_since(crate::store::now_ms() + 1)
+                .await
+                .unwrap(),
+            0
+        );
+        let last = store.last_run().await.unwrap().unwrap();
+        assert_eq!((last.id, last.exit_code), (run, Some(0)));
+        assert_eq!(
+            store
+                .runs_between(before, crate::store::now_ms())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            store
+                .runs_between(0, before - 1000)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let rows: Vec<ExportRow> = store.export_rows(Some("b")).try_collect().await.unwrap();
+        assert_eq!(rows.len(), 1, "listed images are not exported");
+        let r = &rows[0];
+        assert_eq!(r.path.as_deref(), Some("b/images/00/k-0.png"));
+        assert_eq!(
+            (r.verdict, r.state, r.bytes),
+            (Verdict::Review, ImageState::Archived, Some(9))
+        );
+        assert_eq!(r.vars["a"], "x");
+        assert_eq!(r.template.as_deref(), Some("{a}在{b}"));
+        assert!(r.archived_at.as_deref().unwrap().ends_with('Z'));
+        let all: Vec<ExportRow> = store.export_rows(None).try_collect().await.unwrap();
+        assert_eq!(all, rows);
+        let none: Vec<ExportRow> = store
+            .export_rows(Some("other"))
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+    }
+}
