@@ -87,6 +87,11 @@ pub fn ensure(
     max_side: u32,
 ) -> Result<ThumbOutcome, ThumbError> {
     let stamp = format!("{FORMAT} {max_side} {source_sha256}");
+    // A thumbnail of an image that is gone from the archive would show what is not there.
+    std::fs::metadata(source).map_err(|e| ThumbError::Read {
+        path: source.display().to_string(),
+        source: e,
+    })?;
     if existing_stamp(dest).as_deref() == Some(stamp.as_str()) {
         return Ok(ThumbOutcome::Unchanged);
     }
@@ -353,6 +358,15 @@ mod tests {
         // Another source hash, or another size: made again.
         assert_eq!(ensure(&src, "bb", &dest, 256).unwrap(), ThumbOutcome::Made);
         assert_eq!(ensure(&src, "bb", &dest, 128).unwrap(), ThumbOutcome::Made);
+        // The source gone: an error even though the thumbnail is up to date.
+        let moved = dir.path().join("moved.png");
+        std::fs::rename(&src, &moved).unwrap();
+        assert!(
+            ensure(&src, "bb", &dest, 128)
+                .unwrap_err()
+                .is_missing_source()
+        );
+        std::fs::rename(&moved, &src).unwrap();
         // A damaged thumbnail is made again.
         std::fs::write(&dest, b"not a png").unwrap();
         assert_eq!(ensure(&src, "bb", &dest, 128).unwrap(), ThumbOutcome::Made);
