@@ -197,7 +197,7 @@ pub async fn execute(
                 &store,
                 args.metrics.as_deref(),
                 Exit::Runtime as i32,
-                0.0,
+                None,
             )
             .await;
             return Err(ExitError::new(Exit::Runtime, e.to_string()).into());
@@ -224,7 +224,7 @@ pub async fn execute(
         &store,
         args.metrics.as_deref(),
         exit as i32,
-        summary.elapsed_secs,
+        Some(summary.elapsed_secs),
     )
     .await;
     store.close().await;

@@ -295,11 +295,19 @@ async fn make_thumb(
             path: PathBuf::from(path),
             source,
         }),
+        // Named relative to the archive root: the page does not show where the archive lives.
         Err(e) if e.is_missing_source() => Ok((
             Thumb::Failed(format!("{batch}/{rel} is missing from the archive")),
             None,
         )),
-        Err(e) => Ok((Thumb::Failed(e.to_string()), None)),
+        Err(ThumbError::Decode { reason, .. }) => Ok((
+            Thumb::Failed(format!("{batch}/{rel} does not decode as PNG ({reason})")),
+            None,
+        )),
+        Err(ThumbError::Read { source, .. }) => Ok((
+            Thumb::Failed(format!("{batch}/{rel} cannot be read ({source})")),
+            None,
+        )),
     }
 }
 
@@ -451,10 +459,10 @@ fn filter_nav(out: &mut String) {
         );
     }
     out.push_str("<span>only:</span>");
-    for (class, _) in html::FILTER_CLASSES {
+    for (class, label) in html::FILTER_CLASSES {
         let _ = write!(
             out,
-            "<button type=\"button\" data-only=\"{class}\">{class}</button>"
+            "<button type=\"button\" data-only=\"{class}\">{label}</button>"
         );
     }
     out.push_str(

@@ -274,20 +274,31 @@ pub async fn write(
 }
 
 /// The end of a run: writes `path` (when given) for a run that ended with `exit_code` after
-/// `duration_secs`. A failure is reported on stderr and does not change the run's exit code:
-/// the run itself is done, and the file's stale `runner_last_run_timestamp_seconds` shows it.
+/// `duration_secs` (`None`: from the store's latest run record). A failure is reported on
+/// stderr and does not change the run's exit code: the run itself is done, and the file's stale
+/// `runner_last_run_timestamp_seconds` shows it.
 pub async fn write_after_run(
     store: &Store,
     path: Option<&Path>,
     exit_code: i32,
-    duration_secs: f64,
+    duration_secs: Option<f64>,
 ) {
     let Some(path) = path else {
         return;
     };
+    let ended_at_ms = now_ms();
+    let duration_secs = match duration_secs {
+        Some(d) => d,
+        None => store
+            .last_run()
+            .await
+            .ok()
+            .flatten()
+            .map_or(0.0, |r| (ended_at_ms - r.started_at).max(0) as f64 / 1000.0),
+    };
     let last = LastRun {
         exit_code,
-        ended_at_ms: now_ms(),
+        ended_at_ms,
         duration_secs,
     };
     if let Err(e) = write(store, path, Some(last)).await {
