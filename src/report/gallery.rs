@@ -219,6 +219,9 @@ async fn batch_page(
     page.write(&mut out)?;
 
     let side = opts.thumb_side.max(16);
+    let pool =
+        thumb::ThumbPool::new(opts.jobs).map_err(io_at("start thumbnail threads for", &dir))?;
+    let pool = &pool;
     let mut grid = GridWriter::new(&groups, archive_href);
     let mut cells = store
         .report_cells(batch, &pivots)
@@ -227,7 +230,7 @@ async fn batch_page(
             let thumbs = thumbs.clone();
             async move {
                 let cell = cell?;
-                let thumb = make_thumb(&archive, &thumbs, batch, &cell, side).await?;
+                let thumb = make_thumb(pool, &archive, &thumbs, batch, &cell, side).await?;
                 Ok::<_, ReportError>((cell, thumb))
             }
         })
@@ -262,6 +265,7 @@ async fn batch_page(
 
 /// Makes (or finds up to date) the thumbnail of an archived image.
 async fn make_thumb(
+    pool: &thumb::ThumbPool,
     archive: &Archive,
     thumbs: &Path,
     batch: &str,
@@ -280,13 +284,7 @@ async fn make_thumb(
     let source = archive.resolve(batch, rel)?;
     let dest = thumbs.join(format!("{}-{}.png", cell.key, img.index));
     let sha = sha.clone();
-    let result = tokio::task::spawn_blocking(move || thumb::ensure(&source, &sha, &dest, side))
-        .await
-        .map_err(|e| ReportError::Io {
-            op: "make thumbnail",
-            path: thumbs.to_path_buf(),
-            source: io::Error::other(e.to_string()),
-        })?;
+    let result = pool.ensure(source, sha, dest, side).await;
     let size = thumb::thumb_size(cell.size, side);
     match result {
         Ok(outcome) => Ok((Thumb::Ready(size), Some(outcome))),

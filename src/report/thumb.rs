@@ -64,6 +64,84 @@ pub enum ThumbOutcome {
     Unchanged,
 }
 
+/// Work for a [`ThumbPool`] thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads that make thumbnails. A report of many thousands of images then uses
+/// the same few threads (and so the same few allocator arenas) from start to end, where a
+/// changing set of blocking-pool threads would leave freed memory behind in many arenas.
+#[derive(Debug)]
+pub struct ThumbPool {
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ThumbPool {
+    /// A pool of `threads` threads (at least one).
+    pub fn new(threads: usize) -> io::Result<ThumbPool> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let threads = (0..threads.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("thumbs-{i}"))
+                    .spawn(move || {
+                        loop {
+                            // The lock is held only to take the next job, not to run it.
+                            let job = match rx.lock() {
+                                Ok(rx) => rx.recv(),
+                                Err(_) => break,
+                            };
+                            match job {
+                                Ok(job) => job(),
+                                Err(_) => break,
+                            }
+                        }
+                    })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(ThumbPool {
+            jobs: Some(tx),
+            threads,
+        })
+    }
+
+    /// [`ensure`] on one of the pool's threads.
+    pub async fn ensure(
+        &self,
+        source: std::path::PathBuf,
+        source_sha256: String,
+        dest: std::path::PathBuf,
+        max_side: u32,
+    ) -> Result<ThumbOutcome, ThumbError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = |dest: &Path| ThumbError::Write {
+            path: dest.display().to_string(),
+            source: io::Error::other("the thumbnail threads stopped"),
+        };
+        let err_dest = dest.clone();
+        let job: Job = Box::new(move || {
+            let _ = reply.send(ensure(&source, &source_sha256, &dest, max_side));
+        });
+        match &self.jobs {
+            Some(jobs) if jobs.send(job).is_ok() => {}
+            _ => return Err(stopped(&err_dest)),
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped(&err_dest)))
+    }
+}
+
+impl Drop for ThumbPool {
+    fn drop(&mut self) {
+        // Closing the channel ends every thread once the queue is empty.
+        self.jobs.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The size of the thumbnail of an image of `size`: `max_side` on the long side, never
 /// enlarged, never below 1 pixel.
 pub fn thumb_size(size: Size, max_side: u32) -> Size {
@@ -374,6 +452,41 @@ mod tests {
             ensure(&src, "bb", &dest, 128).unwrap(),
             ThumbOutcome::Unchanged
         );
+    }
+
+    #[tokio::test]
+    async fn the_pool_makes_thumbnails_on_its_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = ThumbPool::new(2).unwrap();
+        let mut waits = Vec::new();
+        for i in 0..6u32 {
+            let src = dir.path().join(format!("s{i}.png"));
+            write_png(&src, 64 + i, 32, ColorType::Rgb, |x, _| vec![x as u8, 0, 0]);
+            waits.push(pool.ensure(
+                src,
+                format!("{i}"),
+                dir.path().join(format!("t{i}.png")),
+                16,
+            ));
+        }
+        for (i, w) in waits.into_iter().enumerate() {
+            assert_eq!(w.await.unwrap(), ThumbOutcome::Made, "{i}");
+        }
+        let missing = pool
+            .ensure(
+                dir.path().join("none.png"),
+                "x".into(),
+                dir.path().join("t.png"),
+                16,
+            )
+            .await
+            .unwrap_err();
+        assert!(missing.is_missing_source());
+        drop(pool);
+        let reader = png::Decoder::new(File::open(dir.path().join("t5.png")).unwrap())
+            .read_info()
+            .unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (16, 7));
     }
 
     #[test]
