@@ -425,7 +425,8 @@ async fn runs_write_prometheus_metrics_for_the_textfile_collector() {
         &[("batch", "gallery")],
     )
     .expect("slack");
-    assert!(slack > 0.0 && slack <= 3600.0, "{slack}");
+    // URLs live an hour; their expiry is a whole second, so the slack may pass 3600 a little.
+    assert!(slack > 0.0 && slack <= 3601.0, "{slack}");
     assert_eq!(
         sample(&prom_text, "runner_quota_used_images", &[]),
         Some(GALLERY_IMAGES as f64)
