@@ -7,6 +7,7 @@
 //!   `file:line:col`), expansion to items, item keys.
 //! - [`api`]: wire types shared by the client and the simulator: requests, answers, error codes
 //!   and their classes.
+//! - [`report`]: seeing a batch: the HTML gallery with thumbnails, exports, Prometheus metrics.
 //! - [`sim`]: the simulator: an axum router and `serve(listener, config, shutdown)`, with the real
 //!   limits, faults and expiring URLs.
 //!
@@ -17,6 +18,7 @@ pub mod archive;
 pub mod cli;
 pub mod client;
 pub mod jobfile;
+pub mod report;
 pub mod scheduler;
 pub mod sim;
 pub mod store;

@@ -28,6 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::{ErrorClass, Size, Verdict, Version};
 use crate::jobfile::{ArchivePolicy, Item, Keep};
 
+mod report;
+
 /// Written to `PRAGMA application_id` so that a foreign SQLite file is never mistaken for a store.
 const APPLICATION_ID: i64 = 0x524E_5231; // "RNR1"
 

@@ -3,7 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod export;
 pub mod plan;
+pub mod report;
 pub mod resume;
 pub mod retry;
 pub mod run;
@@ -83,6 +85,10 @@ pub enum Command {
     Retry(retry::Args),
     /// Re-hash the archive against the store; requeue what is missing or corrupt.
     Verify(verify::Args),
+    /// Write a static HTML report: thumbnails by template, size and variant, with verdicts.
+    Report(report::Args),
+    /// One row per image with its metadata and path, as JSON lines or CSV.
+    Export(export::Args),
     /// Run the ERNIE-ViLG simulator (wire protocol, limits, failures, expiring URLs).
     Sim(sim::Args),
 }
@@ -135,6 +141,8 @@ async fn run(command: Command) -> anyhow::Result<Exit> {
         Command::Status(args) => status::run(args).await,
         Command::Retry(args) => retry::run(args).await,
         Command::Verify(args) => verify::run(args).await,
+        Command::Report(args) => report::run(args).await,
+        Command::Export(args) => export::run(args).await,
         Command::Sim(args) => sim::run(args).await,
     }
 }

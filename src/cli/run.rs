@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Print one JSON summary object on stdout at the end.
     #[arg(long)]
     pub json: bool,
+    /// At the end of the run, write Prometheus text-format metrics of the whole store to FILE
+    /// (atomically, for node_exporter's textfile collector; see the README).
+    #[arg(long, env = "RUNNER_METRICS", value_name = "FILE")]
+    pub metrics: Option<PathBuf>,
 }
 
 /// Real-API defaults.
@@ -200,6 +204,13 @@ pub async fn execute(
             let _ = store
                 .end_run(run_id, Exit::Runtime as i32, &e.to_string())
                 .await;
+            crate::report::metrics::write_after_run(
+                &store,
+                args.metrics.as_deref(),
+                Exit::Runtime as i32,
+                None,
+            )
+            .await;
             return Err(ExitError::new(Exit::Runtime, e.to_string()).into());
         }
     };
@@ -220,6 +231,13 @@ pub async fn execute(
         };
         println!("{}", serde_json::to_string(&out)?);
     }
+    crate::report::metrics::write_after_run(
+        &store,
+        args.metrics.as_deref(),
+        exit as i32,
+        Some(summary.elapsed_secs),
+    )
+    .await;
     store.close().await;
     Ok(exit)
 }

@@ -31,6 +31,10 @@ pub struct StatusDoc {
     pub ambiguous_items: i64,
     /// Error answers seen, by code, over the store's history.
     pub errors_by_code: std::collections::BTreeMap<i64, i64>,
+    /// Images submitted in the current quota day (calendar day in Asia/Shanghai), all batches.
+    pub quota_used_images: i64,
+    /// The latest run of `submit` or `resume`, if any.
+    pub last_run: Option<crate::report::RunRecord>,
 }
 
 /// Runs `runner status`.
@@ -53,6 +57,10 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         version: 1,
         ambiguous_items: batches.iter().map(|b| b.ambiguous_items).sum(),
         errors_by_code: store.errors_by_code().await?,
+        quota_used_images: store
+            .images_submitted_since(crate::report::quota_day_start_ms(crate::store::now_ms()))
+            .await?,
+        last_run: store.last_run().await?,
         batches,
     };
     if args.json {
