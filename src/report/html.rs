@@ -66,7 +66,7 @@ h1 code, h2 code { font-size: .95em; }
 .muted, .dim { color: var(--muted); }
 a { color: #0969da; }
 table { border-collapse: collapse; }
-.totals { display: flex; flex-wrap: wrap; gap: 1rem 2.5rem; }
+.totals { display: flex; flex-wrap: wrap; gap: 1rem 2.5rem; align-items: flex-start; }
 .totals table td, .totals table th { padding: .1rem .6rem .1rem 0; text-align: left; }
 .totals table td.n { text-align: right; font-variant-numeric: tabular-nums; }
 .runs td, .runs th, .batches td, .batches th { padding: .2rem .8rem .2rem 0; text-align: left; border-bottom: 1px solid var(--line); }
