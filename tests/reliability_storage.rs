@@ -395,3 +395,43 @@ async fn a_damaged_store_is_refused_with_exit_1_and_the_restored_store_finishes(
     let fig = check_batch(&env, "damaged", &plan, Policy::default(), Allow::default()).await;
     assert_eq!(fig.done, plan.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_image_changed_on_disk_is_caught_by_verify_and_restored_by_resume() {
+    let env = Env::new(quick_sim()).await;
+    let job_path = env.write("job.yaml", &job("swapped", 6));
+    let plan = plan_items(&env, &job_path).await;
+    assert_exit(&env.run(&["submit", job_path.to_str().unwrap()]).await, 0);
+    let archived = archived_on_disk(&env, "swapped").await;
+    assert!(archived.len() >= 3);
+    let dir = env.archive.join("swapped");
+    // One image replaced by another valid PNG of the same size, one cut short, one deleted.
+    let (swapped, _) = &archived[0];
+    let (w, h) = {
+        let d = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(dir.join(swapped)).unwrap(),
+        ));
+        let r = d.read_info().unwrap();
+        (r.info().width, r.info().height)
+    };
+    let other = runner::sim::png::render_png("另一张图", w, h, 0).unwrap();
+    std::fs::write(dir.join(swapped), other).unwrap();
+    let (cut, _) = &archived[1];
+    let bytes = std::fs::read(dir.join(cut)).unwrap();
+    std::fs::write(dir.join(cut), &bytes[..bytes.len() / 2]).unwrap();
+    let (gone, _) = &archived[2];
+    std::fs::remove_file(dir.join(gone)).unwrap();
+
+    let out = env.plain(&["verify"]).await;
+    assert_exit(&out, 3);
+    assert!(
+        text(&out.stderr).contains("1 missing, 2 corrupt"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.run(&["resume"]).await;
+    assert_exit(&out, 0);
+    // Back to the simulator's own images, every one (check_batch hashes each against it).
+    let fig = check_batch(&env, "swapped", &plan, Policy::default(), Allow::default()).await;
+    assert_eq!(fig.archived, archived.len());
+}
