@@ -511,3 +511,41 @@ async fn image_urls_that_are_not_http_or_too_large_are_refused_and_recorded_as_l
         assert!(!String::from_utf8_lossy(&bytes).contains("root:x:"), "{f}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_slower_than_the_request_timeout_is_an_ambiguous_transport_error() {
+    let base = serve(Router::new().route(
+        runner::api::SUBMIT_PATH,
+        post(|| async {
+            futures::future::pending::<()>().await;
+            "never"
+        }),
+    ))
+    .await;
+    let mut config = ClientConfig::new(&base);
+    config.request_timeout = std::time::Duration::from_millis(300);
+    let client = Client::new(
+        config,
+        Credentials::Token(Secret::new("24.test-token")),
+        None,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let e = client.submit(&request()).await.unwrap_err();
+    match &e {
+        ClientError::Transport { what, source } => {
+            assert_eq!(*what, "submit");
+            assert!(source.is_timeout(), "{source:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        e.is_ambiguous(),
+        "the task may exist: submitted again and reported"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "bounded by the timeout: {:?}",
+        started.elapsed()
+    );
+}
