@@ -420,6 +420,20 @@ impl Archive {
         })
     }
 
+    /// Removes an archived image (and its sidecar) whose bytes no longer match the store, so the
+    /// next run downloads it again instead of adopting the file as a finished download.
+    pub fn remove_image(&self, batch: &str, rel: &str) -> Result<()> {
+        let image = self.resolve(batch, rel)?;
+        for path in [image.with_extension("json"), image] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at("remove", &path)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Re-hashes an archived image against its recorded hash.
     pub fn check(&self, batch: &str, rel: &str, sha256: &str) -> Result<FileCheck> {
         let path = self.resolve(batch, rel)?;

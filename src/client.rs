@@ -269,7 +269,16 @@ impl Client {
         let http = builder
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // Redirects only to http(s), at most 5; any other is answered as the 3xx it is.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if matches!(attempt.url().scheme(), "http" | "https")
+                    && attempt.previous().len() <= 5
+                {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
             .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Transport {
@@ -542,6 +551,10 @@ impl Client {
         let status = resp.status().as_u16();
         if status == 403 || status == 410 {
             return Err(ClientError::Expired { status });
+        }
+        if resp.status().is_redirection() {
+            // A redirect the policy did not follow: to another scheme, or one too many.
+            return Err(ClientError::BadUrl);
         }
         if !resp.status().is_success() {
             return Err(ClientError::Status { status, what: WHAT });

@@ -55,6 +55,11 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
                 }
                 FileCheck::Corrupt => {
                     corrupt += 1;
+                    // Removed before it is requeued: a resume adopts a valid PNG it finds in
+                    // place (a download renamed just before a crash), and would take this one.
+                    archive
+                        .remove_image(batch, path)
+                        .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
                     "hash mismatch"
                 }
             };

@@ -515,3 +515,89 @@ pub async fn resume_to_completion(env: &Env, max_runs: usize) -> Vec<i32> {
     }
     panic!("not finished after {max_runs} runs: exit codes {codes:?}");
 }
+
+/// A tmpfs mounted for a test (root only), unmounted on drop.
+#[derive(Debug)]
+pub struct Tmpfs {
+    path: std::path::PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (for example `2m`) at `path`. When mounting is not permitted
+    /// the test is skipped with a loud message, unless `RUNNER_REQUIRE_TMPFS=1`, which fails it.
+    pub fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                path: path.to_path_buf(),
+            }),
+            other => {
+                let why = match other {
+                    Ok(o) => text(&o.stderr),
+                    Err(e) => e.to_string(),
+                };
+                assert!(
+                    std::env::var("RUNNER_REQUIRE_TMPFS").as_deref() != Ok("1"),
+                    "RUNNER_REQUIRE_TMPFS=1 but a tmpfs cannot be mounted: {why}"
+                );
+                eprintln!(
+                    "\n*** SKIPPED: this test needs to mount a tmpfs (root): {why}\n*** set RUNNER_REQUIRE_TMPFS=1 to make that a failure\n"
+                );
+                None
+            }
+        }
+    }
+
+    /// `mount -o remount,OPTS`, retried while the kernel answers busy (a file open for writing
+    /// keeps a file system from turning read-only), for at most `DEADLINE`.
+    pub fn remount(&self, opts: &str) {
+        let start = std::time::Instant::now();
+        loop {
+            let out = std::process::Command::new("mount")
+                .args(["-o", &format!("remount,{opts}")])
+                .arg(&self.path)
+                .output()
+                .expect("run mount");
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                start.elapsed() < crate::pipeline::DEADLINE,
+                "remount,{opts} failed: {}",
+                text(&out.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+/// Archived images of `batch` in the store, each checked on disk against its recorded hash:
+/// returns (relative path, sha256) of every one.
+pub async fn archived_on_disk(env: &Env, batch: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for r in store_records(&env.db, batch).await {
+        if r["state"] != "archived" {
+            continue;
+        }
+        let rel = r["path"].as_str().expect("path").to_string();
+        let sha = r["sha256"].as_str().expect("sha").to_string();
+        let bytes = std::fs::read(env.archive.join(batch).join(&rel))
+            .unwrap_or_else(|e| panic!("archived image {rel} is gone: {e}"));
+        assert_eq!(sha256_hex(&bytes), sha, "archived image {rel} is intact");
+        out.push((rel, sha));
+    }
+    out
+}
