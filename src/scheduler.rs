@@ -760,6 +760,14 @@ async fn submit_loop_inner(s: &Arc<Shared>, feed: &mut Feed) -> Result<(), Sched
     let mut inflight: JoinSet<Result<(), SchedulerError>> = JoinSet::new();
     let result = submit_items(s, feed, &mut inflight).await;
     // Submits under way finish and are recorded, whatever stopped the loop.
+    drain(result, inflight).await
+}
+
+/// Waits for the work still in flight after a loop stopped; the first error wins.
+async fn drain(
+    result: Result<(), SchedulerError>,
+    mut inflight: JoinSet<Result<(), SchedulerError>>,
+) -> Result<(), SchedulerError> {
     let mut first_err = result.err();
     while let Some(done) = inflight.join_next().await {
         if let Ok(Err(e)) = done {
@@ -1153,13 +1161,7 @@ const MAX_PARALLEL_QUERIES: usize = 16;
 async fn poll_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
     let mut inflight: JoinSet<Result<(), SchedulerError>> = JoinSet::new();
     let result = poll_tasks(&s, &mut inflight).await;
-    let mut first_err = result.err();
-    while let Some(done) = inflight.join_next().await {
-        if let Ok(Err(e)) = done {
-            first_err.get_or_insert(e);
-        }
-    }
-    first_err.map_or(Ok(()), Err)
+    drain(result, inflight).await
 }
 
 async fn poll_tasks(
