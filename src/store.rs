@@ -103,9 +103,10 @@ pub enum StoreError {
     /// The store was opened read-only.
     #[error("the store is open read-only")]
     ReadOnly,
-    /// A grouped commit failed; the change was not recorded.
+    /// A grouped commit failed; the change was not recorded. (Shared: one failed commit answers
+    /// every write of its group.)
     #[error("store commit failed: {0}")]
-    Commit(String),
+    Commit(Arc<sqlx::Error>),
     /// A row holds a value this version does not know.
     #[error("the store holds an unexpected value: {0}")]
     Invalid(String),
@@ -118,6 +119,7 @@ impl StoreError {
         match self {
             StoreError::Busy { .. } | StoreError::Locked { .. } => true,
             StoreError::Query(e) => is_locked(e),
+            StoreError::Commit(e) => is_locked(e),
             StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_locked(e),
             _ => false,
         }
@@ -405,7 +407,7 @@ pub struct Store {
 }
 
 /// The result of one grouped write, delivered after its transaction committed (or failed).
-type Finish = Box<dyn FnOnce(std::result::Result<(), String>) + Send>;
+type Finish = Box<dyn FnOnce(std::result::Result<(), Arc<sqlx::Error>>) + Send>;
 
 /// A write's body: runs on the writer's connection, hands back how to answer.
 type RunJob = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send>;
@@ -414,7 +416,7 @@ type RunJob = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, 
 struct Job {
     run: RunJob,
     /// Delivers an error without running (the transaction could not be started).
-    abort: Box<dyn FnOnce(String) + Send>,
+    abort: Box<dyn FnOnce(Arc<sqlx::Error>) + Send>,
 }
 
 enum WriterMsg {
@@ -447,8 +449,9 @@ async fn writer_loop(mut conn: PoolConnection<Sqlite>, mut rx: mpsc::UnboundedRe
             continue;
         }
         if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            let e = Arc::new(e);
             for j in jobs {
-                (j.abort)(e.to_string());
+                (j.abort)(e.clone());
             }
             continue;
         }
@@ -460,7 +463,7 @@ async fn writer_loop(mut conn: PoolConnection<Sqlite>, mut rx: mpsc::UnboundedRe
             Ok(_) => Ok(()),
             Err(e) => {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(e.to_string())
+                Err(Arc::new(e))
             }
         };
         for f in finishes {
@@ -492,7 +495,7 @@ where
     }
 }
 
-fn job_of<F>(run: F, abort: Box<dyn FnOnce(String) + Send>) -> Job
+fn job_of<F>(run: F, abort: Box<dyn FnOnce(Arc<sqlx::Error>) + Send>) -> Job
 where
     F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send + 'static,
 {
