@@ -680,7 +680,9 @@ struct Feed {
     cursor: Option<(String, i64)>,
     page: VecDeque<PendingItem>,
     deferred: BinaryHeap<Reverse<(i64, u64, String)>>,
-    deferred_items: HashMap<String, PendingItem>,
+    /// The latest deferral of each item, with the sequence number of its heap entry: an item
+    /// deferred again leaves its older entry in the heap, which must not release it early.
+    deferred_items: HashMap<String, (u64, PendingItem)>,
     exhausted: bool,
     seq: u64,
 }
@@ -691,7 +693,8 @@ impl Feed {
         let at = item.retry_at.unwrap_or(0);
         self.deferred
             .push(Reverse((at, self.seq, item.key.clone())));
-        self.deferred_items.insert(item.key.clone(), item);
+        self.deferred_items
+            .insert(item.key.clone(), (self.seq, item));
     }
 
     /// The next item ready now, or the time the earliest deferred one becomes ready.
@@ -701,12 +704,18 @@ impl Feed {
         batches: &[String],
     ) -> Result<Result<PendingItem, Option<i64>>, StoreError> {
         let now = now_ms();
-        if let Some(Reverse((at, _, _))) = self.deferred.peek()
+        while let Some(Reverse((at, _, _))) = self.deferred.peek()
             && *at <= now
-            && let Some(Reverse((_, _, key))) = self.deferred.pop()
-            && let Some(item) = self.deferred_items.remove(&key)
+            && let Some(Reverse((_, seq, key))) = self.deferred.pop()
         {
-            return Ok(Ok(item));
+            if self
+                .deferred_items
+                .get(&key)
+                .is_some_and(|(latest, _)| *latest == seq)
+                && let Some((_, item)) = self.deferred_items.remove(&key)
+            {
+                return Ok(Ok(item));
+            }
         }
         loop {
             if let Some(item) = self.page.pop_front() {
@@ -878,7 +887,7 @@ async fn submit_one(s: &Arc<Shared>, item: PendingItem) -> Result<(), SchedulerE
 async fn wait_to_submit(s: &Arc<Shared>, item: &PendingItem) -> Option<()> {
     let need = u32::from(item.image_num);
     loop {
-        let (pause, fits, parked) = {
+        let (pause, parked) = {
             let mut st = s.state();
             let fits = st.slots_held + need <= st.slot_cap || st.slots_held == 0;
             let pause = st.submit_pause_until.filter(|t| *t > Instant::now());
@@ -886,7 +895,7 @@ async fn wait_to_submit(s: &Arc<Shared>, item: &PendingItem) -> Option<()> {
                 st.slots_held += need;
                 return Some(());
             }
-            (pause, fits, st.quota_parked)
+            (pause, st.quota_parked)
         };
         if parked {
             // Nothing else to do: stop with the work parked.
@@ -912,7 +921,6 @@ async fn wait_to_submit(s: &Arc<Shared>, item: &PendingItem) -> Option<()> {
             (Some(t), _) => t,
             (None, _) => Instant::now() + Duration::from_secs(3600),
         };
-        let _ = fits;
         tokio::select! {
             _ = tokio::time::sleep_until(until) => {
                 if parked {
@@ -1849,6 +1857,40 @@ mod tests {
         assert_eq!(r.next_due().unwrap().0, "b");
         assert_eq!(r.len(), 1);
         assert_eq!(r.by_due.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_item_deferred_again_waits_for_its_latest_backoff() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let mut feed = Feed {
+            cursor: None,
+            page: VecDeque::new(),
+            deferred: BinaryHeap::new(),
+            deferred_items: HashMap::new(),
+            exhausted: true,
+            seq: 0,
+        };
+        let item = |retry_at| PendingItem {
+            key: "k".into(),
+            batch: "b".into(),
+            seq: 0,
+            prompt: "p".into(),
+            size: crate::api::Size::new(512, 512),
+            version: crate::api::Version::V2,
+            image_num: 1,
+            attempts: 1,
+            retry_at: Some(retry_at),
+        };
+        let now = now_ms();
+        feed.defer(item(now - 1_000));
+        feed.defer(item(now + 60_000));
+        // The older entry is due, but the item's latest backoff is not over.
+        match feed.next(&store, &[]).await.unwrap() {
+            Err(Some(at)) => assert_eq!(at, now + 60_000),
+            other => panic!("released early: {other:?}"),
+        }
+        assert_eq!(feed.deferred_items.len(), 1);
     }
 
     #[test]
