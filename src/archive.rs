@@ -391,16 +391,6 @@ impl Archive {
         Ok(())
     }
 
-    /// Rewrites a batch's manifest from the store's records (temp file, fsync, rename), and
-    /// writes any sidecar that is missing.
-    pub fn sync_batch(&self, batch: &str, records: &[ImageRecord]) -> Result<()> {
-        let mut w = self.manifest_writer(batch)?;
-        for r in records {
-            w.push(r)?;
-        }
-        w.finish()
-    }
-
     /// A new manifest for `batch`, written record by record into a temp file in the batch's
     /// `.tmp` and put in place by [`ManifestWriter::finish`].
     pub fn manifest_writer(&self, batch: &str) -> Result<ManifestWriter<'_>> {
@@ -454,11 +444,6 @@ fn refuse_symlink(path: &Path) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` through a temp file, fsync and rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_via(path, path.parent().unwrap_or(Path::new(".")), bytes, true)
 }
 
 /// Writes `bytes` to `path` through a temp file in `tmp_dir` (on the same file system) and

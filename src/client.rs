@@ -162,7 +162,6 @@ impl ClientError {
             ClientError::TokenFetch(inner) => inner.class(),
             ClientError::Auth { .. } | ClientError::BadUrl => ErrorClass::Fatal,
             ClientError::Status { status: 429, .. } => ErrorClass::Rate,
-            ClientError::Status { status, .. } if *status >= 500 => ErrorClass::Transient,
             ClientError::Status { .. } => ErrorClass::Transient,
             ClientError::Transport { .. } | ClientError::Malformed { .. } => ErrorClass::Transient,
             ClientError::Expired { .. } => ErrorClass::Transient,

@@ -710,21 +710,6 @@ impl Store {
         )
     }
 
-    /// The archive policy of a batch.
-    pub async fn policy(&self, batch: &str) -> Result<ArchivePolicy> {
-        let row = sqlx::query("SELECT review_policy, block_policy FROM batches WHERE name = ?")
-            .bind(batch)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::Invalid(format!("no batch {batch:?}")))?;
-        let keep =
-            |s: String| Keep::parse(&s).ok_or_else(|| StoreError::Invalid(format!("policy {s:?}")));
-        Ok(ArchivePolicy {
-            review: keep(row.get("review_policy"))?,
-            block: keep(row.get("block_policy"))?,
-        })
-    }
-
     /// Puts items left in `submitting` by a dead process back to `pending`, counting each as
     /// ambiguous: the API may or may not have created its task, and offers no way to look it up.
     #[tracing::instrument(skip_all)]

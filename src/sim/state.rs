@@ -703,22 +703,41 @@ impl Sim {
             .collect()
     }
 
+    /// What every API call meets first, in the real API's order: the token (100/110/111), an
+    /// error burst if one is running, then the endpoint's rate limit (18). A call refused for
+    /// its token does not count against the rate; one that passes the rate check does.
+    fn admit(
+        &self,
+        st: &mut State,
+        token: Option<&str>,
+        now: Instant,
+        endpoint: Endpoint,
+    ) -> Result<(), JsonAnswer> {
+        self.check_token(st, token, now)?;
+        if let Some(answer) = self.burst(st, endpoint) {
+            return Err(answer);
+        }
+        let limit = match endpoint {
+            Endpoint::Submit => st.submit_limit.as_mut(),
+            Endpoint::Query => st.query_limit.as_mut(),
+            Endpoint::Token | Endpoint::Image => None,
+        };
+        if let Some((window, cap)) = limit
+            && !window.try_admit(now, *cap)
+        {
+            return Err(self.api_error(st, code::QPS, "Open api qps request limit reached"));
+        }
+        Ok(())
+    }
+
     /// The submit endpoint. Checks in this order: token (100/110/111), rate (18), parameters
     /// (282003/282004/216100), censorship when `banned_at_submit` (282004), daily quota (17),
     /// concurrency (15). Only a submit that passes all of them creates a task.
     pub(crate) fn submit(&self, token: Option<&str>, body: &[u8]) -> JsonAnswer {
         let now = Instant::now();
         let mut st = self.lock();
-        if let Err(answer) = self.check_token(&mut st, token, now) {
+        if let Err(answer) = self.admit(&mut st, token, now, Endpoint::Submit) {
             return answer;
-        }
-        if let Some(answer) = self.burst(&mut st, Endpoint::Submit) {
-            return answer;
-        }
-        if let Some((window, cap)) = st.submit_limit.as_mut()
-            && !window.try_admit(now, *cap)
-        {
-            return self.api_error(&mut st, code::QPS, "Open api qps request limit reached");
         }
         let spec = match validate_submit(body) {
             Ok(spec) => spec,
@@ -865,16 +884,8 @@ impl Sim {
     ) -> JsonAnswer {
         let now = Instant::now();
         let mut st = self.lock();
-        if let Err(answer) = self.check_token(&mut st, token, now) {
+        if let Err(answer) = self.admit(&mut st, token, now, Endpoint::Query) {
             return answer;
-        }
-        if let Some(answer) = self.burst(&mut st, Endpoint::Query) {
-            return answer;
-        }
-        if let Some((window, cap)) = st.query_limit.as_mut()
-            && !window.try_admit(now, *cap)
-        {
-            return self.api_error(&mut st, code::QPS, "Open api qps request limit reached");
         }
         let id = match parse_task_id(body) {
             Ok(id) => id,
