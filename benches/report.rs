@@ -266,7 +266,7 @@ async fn make_store(dir: &Path, n: usize) {
             )
         })
         .collect();
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+    let pool = runner::store::pool_options()
         .max_connections(1)
         .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&db))
         .await

@@ -1780,6 +1780,18 @@ async fn event(
     Ok(())
 }
 
+/// Options for every SQLite pool of the project: no idle timeout and no maximum lifetime.
+///
+/// The store's connections live as long as the process. Either setting makes sqlx 0.9 run a
+/// periodic task that loops `num_idle()` times over `try_acquire()` without yielding; when a
+/// pool is closed while a connection is being taken, that count wraps to `usize::MAX` and the
+/// task spins for ever, so the runtime (and the process) cannot shut down.
+pub fn pool_options() -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .idle_timeout(None)
+        .max_lifetime(None)
+}
+
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".lock");
@@ -1858,7 +1870,7 @@ async fn connect(path: &Path, read_only: bool) -> Result<SqlitePool> {
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
+    let pool = pool_options()
         .max_connections(4)
         .min_connections(1)
         .connect_with(opts)
@@ -1893,7 +1905,7 @@ async fn probe_identity(path: &Path, read_only: bool) -> Result<()> {
         .create_if_missing(false)
         .read_only(read_only)
         .busy_timeout(Duration::from_secs(10));
-    let pool = SqlitePoolOptions::new()
+    let pool = pool_options()
         .max_connections(1)
         .connect_with(opts)
         .await
@@ -2082,7 +2094,7 @@ mod tests {
     }
 
     async fn connect_new(path: &Path) -> SqlitePool {
-        SqlitePoolOptions::new()
+        pool_options()
             .connect_with(
                 SqliteConnectOptions::new()
                     .filename(path)

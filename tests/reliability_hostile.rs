@@ -180,7 +180,7 @@ async fn a_tampered_batch_name_in_the_store_is_refused() {
     assert_exit(&env.run(&["submit", job_path.to_str().unwrap()]).await, 0);
     // Someone edits the store: a batch whose name would leave the archive.
     {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        let pool = runner::store::pool_options()
             .max_connections(1)
             .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&env.db))
             .await

@@ -196,7 +196,7 @@ async fn a_store_locked_by_another_program_is_exit_4_and_a_later_run_finishes() 
     let env = Env::new(slowish()).await;
     let (_job, plan) = half_done(&env, "locked", 12).await;
     // Another program (here: this test) holds a write transaction on the SQLite file.
-    let other = sqlx::sqlite::SqlitePoolOptions::new()
+    let other = runner::store::pool_options()
         .max_connections(1)
         .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&env.db))
         .await
@@ -236,7 +236,7 @@ async fn a_store_locked_by_another_program_midway_stops_the_run_with_exit_4() {
     let plan = plan_items(&env, &job_path).await;
     let mut run = env.start(&["submit", job_path.to_str().unwrap()]);
     env.wait_for("the run at work", |s| s.downloads >= 2).await;
-    let other = sqlx::sqlite::SqlitePoolOptions::new()
+    let other = runner::store::pool_options()
         .max_connections(1)
         .connect_with(
             sqlx::sqlite::SqliteConnectOptions::new()
@@ -279,7 +279,7 @@ async fn a_store_locked_by_another_program_midway_stops_the_run_with_exit_4() {
 async fn a_foreign_sqlite_file_is_refused_untouched_with_exit_1() {
     let env = Env::new(quick_sim()).await;
     {
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        let pool = runner::store::pool_options()
             .connect_with(
                 sqlx::sqlite::SqliteConnectOptions::new()
                     .filename(&env.db)

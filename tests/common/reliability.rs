@@ -19,7 +19,7 @@ use std::path::Path;
 use runner::sim::{Stats, TaskRecord};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Row, SqlitePool};
 
 use crate::pipeline::{Env, assert_exit, check_archive, files_below, text};
@@ -114,7 +114,7 @@ pub fn events(stats: &Stats) -> u64 {
 
 /// A read-only SQL connection to the store (no runner may hold it for writing meanwhile).
 pub async fn store_sql(db: &Path) -> SqlitePool {
-    SqlitePoolOptions::new()
+    runner::store::pool_options()
         .max_connections(1)
         .connect_with(
             SqliteConnectOptions::new()
