@@ -166,7 +166,12 @@ async fn an_unwritable_batch_folder_stops_the_run_with_exit_1_naming_it_and_a_la
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_held_by_another_runner_is_refused_with_exit_4_and_the_holder_finishes() {
-    let env = Env::new(slowish()).await;
+    // Generations of 1 to 2 s: the holder is still at work while the others are refused.
+    let env = Env::new(SimConfig {
+        gen_ms: (1000, 2000),
+        ..quick_sim()
+    })
+    .await;
     let job_path = env.write("job.yaml", &job("held", 12));
     let plan = plan_items(&env, &job_path).await;
     let mut holder = env.start(&["submit", job_path.to_str().unwrap()]);
