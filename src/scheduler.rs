@@ -329,7 +329,17 @@ struct State {
     ambiguous: Vec<String>,
 }
 
+/// At most this many tasks and images in hand at once (submitting, running, or waiting to be
+/// downloaded); past it, submits wait for downloads to catch up. It bounds the run's memory when
+/// the limits allow far more submits than downloads, and keeps images from waiting for their
+/// download long enough for their URLs to expire. Real accounts' concurrency stays far below.
+const MAX_IN_HAND: usize = 2048;
+
 impl State {
+    fn backlogged(&self) -> bool {
+        self.submit_inflight + self.running.len() + self.fetch_owned.len() >= MAX_IN_HAND
+    }
+
     fn idle(&self) -> bool {
         self.submit_done
             && self.submit_inflight == 0
@@ -891,7 +901,7 @@ async fn wait_to_submit(s: &Arc<Shared>, item: &PendingItem) -> Option<()> {
             let mut st = s.state();
             let fits = st.slots_held + need <= st.slot_cap || st.slots_held == 0;
             let pause = st.submit_pause_until.filter(|t| *t > Instant::now());
-            if pause.is_none() && fits && !st.quota_parked {
+            if pause.is_none() && fits && !st.quota_parked && !st.backlogged() {
                 st.slots_held += need;
                 return Some(());
             }

@@ -51,7 +51,9 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let store = run::open_store(&args.run.store).await?;
     let mut batches = Vec::new();
     let mut loaded = Vec::new();
-    for job in &jobs {
+    // Each job is dropped once its items are stored: the run reads them back page by page, so a
+    // large batch is not held in memory for the whole run.
+    for job in jobs {
         let summary = store
             .load_items(
                 &job.batch,
