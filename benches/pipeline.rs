@@ -805,7 +805,7 @@ const NO_LIMITS: RunnerLimits = RunnerLimits {
     submit_qps: 0.0,
     query_qps: 0.0,
     concurrency: 100_000,
-    downloads: 8,
+    downloads: 32,
 };
 
 /// One unlimited run of `n` items.
