@@ -623,6 +623,29 @@ fn sim_figures(f: &mut Figures, tasks: &[TaskRecord], queries: u64, slots: u32) 
         "detection lag max ms",
         lags.iter().copied().fold(f64::NAN, f64::max),
     );
+    // Where an idle slot's time goes (one-image tasks): the k-th task to finish frees the slot
+    // that the (k + slots)-th submit fills. Noticing = finish to the query that sees it.
+    let mut finishes: Vec<u64> = tasks.iter().filter_map(|t| t.finished_ms).collect();
+    let mut submits: Vec<u64> = tasks.iter().map(|t| t.submitted_ms).collect();
+    finishes.sort_unstable();
+    submits.sort_unstable();
+    let mut refills: Vec<f64> = finishes
+        .iter()
+        .zip(submits.iter().skip(slots as usize))
+        .map(|(done, next)| *next as f64 - *done as f64)
+        .collect();
+    let mut noticed: Vec<f64> = tasks
+        .iter()
+        .filter_map(|t| Some(t.first_final_query_ms? as f64 - t.finished_ms? as f64))
+        .collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    f.put(
+        "slot refill (finish to next submit) mean ms",
+        mean(&refills),
+    );
+    f.put("slot refill median ms", quantile(&mut refills, 0.5));
+    f.put("noticed (finish to final query) mean ms", mean(&noticed));
+    f.put("noticed median ms", quantile(&mut noticed, 0.5));
     ideal_s
 }
 
@@ -853,7 +876,7 @@ async fn overhead(opts: &Options) -> bool {
     let n = opts.items.unwrap_or(20_000);
     let (prompt, bytes) = small_prompt();
     println!(
-        "overhead: {n} one-image 512x512 items (one prompt `{prompt}`, repeat {n}; image {bytes} bytes), every limit off, generation 0 ms, --concurrency 100000 --downloads 8, durable writes"
+        "overhead: {n} one-image 512x512 items (one prompt `{prompt}`, repeat {n}; image {bytes} bytes), every limit off, generation 0 ms, --concurrency 100000 --downloads 32, durable writes"
     );
     let mut all = Vec::new();
     let mut ok = true;

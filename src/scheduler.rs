@@ -16,12 +16,10 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -33,6 +31,9 @@ use crate::api::{ErrorClass, QueryData, SUB_ERR_CENSORED, SubmitRequest, TaskSta
 use crate::archive::{self, Archive, ArchiveError};
 use crate::client::{self, Client, ClientError};
 use crate::store::{FetchImage, ListedImage, PendingItem, Store, StoreError, now_ms};
+
+mod pacer;
+use pacer::Pacer;
 
 /// Account limits the scheduler keeps to.
 #[derive(Debug, Clone)]
@@ -384,24 +385,11 @@ struct Shared {
     /// Every loop is done.
     done: CancellationToken,
     /// Paces how fast items are taken up for submitting (so few wait in `submitting`).
-    submit_intake: DefaultDirectRateLimiter,
+    submit_intake: Pacer,
     /// Paces the POSTs themselves, taken right before each one: the time between the permit and
     /// the request must not vary (a commit in between would bunch requests at the server).
-    submit_limiter: DefaultDirectRateLimiter,
-    query_limiter: DefaultDirectRateLimiter,
-}
-
-/// A limiter for `qps` requests per second, one at a time. The period is stretched by 8% so
-/// that scheduling and network jitter cannot put more than `qps` requests into any one-second
-/// window at the server.
-fn limiter(qps: f64) -> DefaultDirectRateLimiter {
-    let quota = if qps.is_finite() && qps > 0.0 {
-        let period = Duration::from_secs_f64(1.08 / qps).max(Duration::from_nanos(1));
-        Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
-    } else {
-        Quota::per_second(NonZeroU32::MAX)
-    };
-    RateLimiter::direct(quota.allow_burst(NonZeroU32::MIN))
+    submit_limiter: Pacer,
+    query_limiter: Pacer,
 }
 
 fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
@@ -536,9 +524,9 @@ pub async fn run(
     }
 
     let shared = Arc::new(Shared {
-        submit_intake: limiter(opts.limits.submit_qps),
-        submit_limiter: limiter(opts.limits.submit_qps),
-        query_limiter: limiter(opts.limits.query_qps),
+        submit_intake: Pacer::new(opts.limits.submit_qps),
+        submit_limiter: Pacer::new(opts.limits.submit_qps),
+        query_limiter: Pacer::new(opts.limits.query_qps),
         store,
         client,
         archive,
@@ -885,8 +873,9 @@ async fn submit_one(s: &Arc<Shared>, item: PendingItem) -> Result<(), SchedulerE
         text_check: None,
     };
     s.submit_limiter.until_ready().await;
+    let sent = Instant::now();
     let answer = s.client.submit(&req).await;
-    if let Some(retry) = handle_submit_answer(s, &item, answer).await? {
+    if let Some(retry) = handle_submit_answer(s, &item, answer, sent).await? {
         s.state().requeued.push(retry);
     }
     Ok(())
@@ -958,12 +947,15 @@ async fn handle_submit_answer(
     s: &Arc<Shared>,
     item: &PendingItem,
     answer: Result<crate::api::SubmitData, ClientError>,
+    sent: Instant,
 ) -> Result<Option<PendingItem>, SchedulerError> {
     let attempts = item.attempts + 1;
     let err = match answer {
         Ok(data) => {
             s.store.mark_running(&item.key, &data.task_id).await?;
-            let now = Instant::now();
+            // The task's clock starts when the request went out (the server started it within
+            // that round trip), not after the commit: progress readings are timed from here.
+            let now = sent;
             let first = first_poll_delay(&s.state().durations);
             let mut st = s.state();
             st.submitted += 1;
@@ -1018,6 +1010,9 @@ async fn handle_submit_answer(
     let code = err.code();
     match err.class() {
         ErrorClass::Rate => {
+            if s.submit_limiter.refused() | s.submit_intake.refused() {
+                tracing::info!(error = %msg, "a submit was refused for its rate: submits are spaced evenly from now on");
+            }
             let strikes = {
                 let mut st = s.state();
                 st.rate_strikes += 1;
@@ -1149,28 +1144,34 @@ fn next_due(
     };
     let gap = share.max(FLOOR);
     let elapsed = now.duration_since(task.started).as_secs_f64();
-    let wait = match (task.prev_progress, task.progress) {
-        (Some((p0, t0)), Some((p1, t1))) if p1 > p0 + 1e-6 && t1 > t0 => {
-            let end = t1 + (1.0 - p1) * (t1 - t0) / (p1 - p0);
-            (end - elapsed + AIM_AFTER).max(FLOOR)
+    let wait = match (predicted_end(task, durations.wait_share()), task.progress) {
+        (Some(end), _) => (end - elapsed + AIM_AFTER).max(FLOOR),
+        // The latest the task can end is t1 / p1 (had it started at once); read again soon to
+        // measure its speed.
+        (None, Some((p1, t1))) if p1 > 0.0 && p1 < 1.0 => {
+            (0.25 * t1).min(t1 / p1 - elapsed).max(FLOOR)
         }
-        (_, Some((p1, t1))) if p1 > 0.0 && p1 < 1.0 => match durations.wait_share() {
-            // With the share w of a generation spent before progress rises (learned from
-            // finished tasks), p1 = (t1 - wT) / (T - wT) gives the end T.
-            Some(w) => {
-                let end = t1 / (p1 * (1.0 - w) + w);
-                (end - elapsed + AIM_AFTER).max(FLOOR)
-            }
-            // Otherwise the latest the task can end is t1 / p1 (had it started at once); read
-            // again soon to measure its speed.
-            None => (0.25 * t1).min(t1 / p1 - elapsed).max(FLOOR),
-        },
         _ => match durations.quantile(0.5) {
             Some(typical) if typical - elapsed > gap => (typical - elapsed) * 0.6,
             _ => gap,
         },
     };
     now + Duration::from_secs_f64(wait.min(30.0))
+}
+
+/// When a task should end, in seconds after its start, from its progress readings: two give its
+/// speed and so its end; one does too with the share `w` of a generation spent before progress
+/// rises (learned from finished tasks), as p1 = (t1 - wT) / (T - wT) gives the end T.
+fn predicted_end(task: &Task, wait_share: Option<f64>) -> Option<f64> {
+    match (task.prev_progress, task.progress) {
+        (Some((p0, t0)), Some((p1, t1))) if p1 > p0 + 1e-6 && t1 > t0 => {
+            Some(t1 + (1.0 - p1) * (t1 - t0) / (p1 - p0))
+        }
+        (_, Some((p1, t1))) if p1 > 0.0 && p1 < 1.0 => {
+            wait_share.map(|w| t1 / (p1 * (1.0 - w) + w))
+        }
+        _ => None,
+    }
 }
 
 /// Queries at most this many tasks at once (the limiter paces them).
@@ -1305,8 +1306,16 @@ async fn handle_query_answer(
             // The slots are free on the API's side now: let the next submit go while this
             // success is recorded.
             release_slots(s, task.image_num, true);
-            // Estimated finish: between the previous poll and this one.
-            let finished_at = task.last_poll.map_or(now, |p| p + (now - p) / 2);
+            // Estimated finish: where its progress readings put it, or else half-way between the
+            // previous poll and this one (never outside them).
+            let finished_at = match task.last_poll {
+                Some(last) => {
+                    let predicted = predicted_end(&task, s.state().durations.wait_share())
+                        .map(|end| task.started + Duration::from_secs_f64(end.clamp(0.0, 1e6)));
+                    predicted.map_or(last + (now - last) / 2, |p| p.clamp(last, now))
+                }
+                None => now,
+            };
             let total = finished_at.duration_since(task.started).as_secs_f64();
             let fetch = s.store.mark_succeeded(&task.key, &images).await?;
             {
@@ -1390,6 +1399,9 @@ async fn handle_query_error(
     e: ClientError,
 ) -> Result<(), SchedulerError> {
     let now = Instant::now();
+    if e.class() == ErrorClass::Rate && s.query_limiter.refused() {
+        tracing::info!(error = %e, "a query was refused for its rate: queries are spaced evenly from now on");
+    }
     match e.class() {
         ErrorClass::Timeout => {
             if task.refresh {
