@@ -1796,10 +1796,15 @@ async fn event(
 /// periodic task that loops `num_idle()` times over `try_acquire()` without yielding; when a
 /// pool is closed while a connection is being taken, that count wraps to `usize::MAX` and the
 /// task spins for ever, so the runtime (and the process) cannot shut down.
+///
+/// Without either, sqlx would instead open `min_connections` in a task of its own while the pool
+/// opens its first connection: two connections turning a new file to WAL at once, and one of them
+/// refused as locked. So no pool of the project asks for a minimum either.
 pub fn pool_options() -> SqlitePoolOptions {
     SqlitePoolOptions::new()
         .idle_timeout(None)
         .max_lifetime(None)
+        .min_connections(0)
 }
 
 fn lock_path(path: &Path) -> PathBuf {
@@ -1882,7 +1887,6 @@ async fn connect(path: &Path, read_only: bool) -> Result<SqlitePool> {
         .busy_timeout(Duration::from_secs(10));
     let pool = pool_options()
         .max_connections(4)
-        .min_connections(1)
         .connect_with(opts)
         .await
         .map_err(|source| corrupt_or_query(path, source))?;
