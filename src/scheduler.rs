@@ -761,7 +761,7 @@ async fn submit_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
 
 /// Submits at most this many tasks at once (the limiter paces them; with high limits several
 /// answers are awaited together).
-const MAX_PARALLEL_SUBMITS: usize = 32;
+const MAX_PARALLEL_SUBMITS: usize = 64;
 
 async fn submit_loop_inner(s: &Arc<Shared>, feed: &mut Feed) -> Result<(), SchedulerError> {
     let mut inflight: JoinSet<Result<(), SchedulerError>> = JoinSet::new();
@@ -1175,7 +1175,7 @@ fn predicted_end(task: &Task, wait_share: Option<f64>) -> Option<f64> {
 }
 
 /// Queries at most this many tasks at once (the limiter paces them).
-const MAX_PARALLEL_QUERIES: usize = 16;
+const MAX_PARALLEL_QUERIES: usize = 64;
 
 async fn poll_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
     let mut inflight: JoinSet<Result<(), SchedulerError>> = JoinSet::new();
