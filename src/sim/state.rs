@@ -1166,6 +1166,18 @@ mod tests {
         validate_submit(body.to_string().as_bytes())
     }
 
+    /// The form of a token request with the simulator's default credentials.
+    fn token_params() -> HashMap<String, String> {
+        [
+            ("grant_type", "client_credentials"),
+            ("client_id", "sim-ak"),
+            ("client_secret", "sim-sk"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
     fn code_of(body: Value) -> i64 {
         spec(body).unwrap_err().0
     }
@@ -1411,15 +1423,7 @@ mod tests {
             token_expires_in: Some(Duration::from_secs(2_592_000)),
             ..SimConfig::unlimited()
         });
-        let params: HashMap<String, String> = [
-            ("grant_type", "client_credentials"),
-            ("client_id", "sim-ak"),
-            ("client_secret", "sim-sk"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let answer = sim.token(&params);
+        let answer = sim.token(&token_params());
         assert_eq!(answer.body["expires_in"], 2_592_000);
         let token = answer.body["access_token"].as_str().unwrap().to_owned();
         let mut st = sim.lock();
@@ -1437,15 +1441,7 @@ mod tests {
             url_announced_ttl: Some(Duration::from_secs(3600)),
             ..SimConfig::unlimited()
         });
-        let params: HashMap<String, String> = [
-            ("grant_type", "client_credentials"),
-            ("client_id", "sim-ak"),
-            ("client_secret", "sim-sk"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let token = sim.token(&params).body["access_token"]
+        let token = sim.token(&token_params()).body["access_token"]
             .as_str()
             .unwrap()
             .to_owned();
