@@ -482,10 +482,11 @@ pub fn hash_file(path: &Path) -> io::Result<(String, u64)> {
 }
 
 /// Checks that `path` holds a complete, intact PNG of exactly `expected` size (see
-/// [`verify_png_bytes`]).
-pub fn verify_png(path: &Path, expected: Size) -> Result<()> {
+/// [`verify_png_bytes`]); returns its SHA-256 (hex) and length, from the same single read.
+pub fn verify_png(path: &Path, expected: Size) -> Result<(String, u64)> {
     let bytes = fs::read(path).map_err(io_at("read", path))?;
-    verify_png_bytes(&bytes, expected)
+    verify_png_bytes(&bytes, expected)?;
+    Ok((hex::encode(Sha256::digest(&bytes)), bytes.len() as u64))
 }
 
 /// Checks that `bytes` are a complete, intact PNG of exactly `expected` size, chunk by chunk:

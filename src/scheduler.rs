@@ -1569,18 +1569,12 @@ async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerEr
     // A crash between the rename and the store's record leaves a complete, verified file: adopt it.
     if dest.exists() {
         let (path, size) = (dest.clone(), image.size);
-        let adopted = blocking(move || {
-            if archive::verify_png(&path, size).is_err() {
+        let adopted = blocking(move || match archive::verify_png(&path, size) {
+            Ok(hashed) => Ok(Some(hashed)),
+            Err(_) => {
                 let _ = std::fs::remove_file(&path);
-                return Ok(None);
+                Ok(None)
             }
-            archive::hash_file(&path)
-                .map(Some)
-                .map_err(|e| ArchiveError::Io {
-                    op: "read",
-                    path: path.clone(),
-                    source: e,
-                })
         })
         .await?;
         if let Some((sha, bytes)) = adopted {
