@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
@@ -409,9 +410,7 @@ pub struct Store {
 type Finish = Box<dyn FnOnce(std::result::Result<(), Arc<sqlx::Error>>) + Send>;
 
 /// A write's body: runs on the writer's connection, hands back how to answer.
-/// Also says whether the write failed (its savepoint is then rolled back).
-type RunJob =
-    Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (Finish, bool)> + Send>;
+type RunJob = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send>;
 
 /// One write, run inside the writer's transaction.
 struct Job {
@@ -430,11 +429,7 @@ const MAX_GROUP: usize = 512;
 
 /// Runs queued writes: takes every write waiting, runs each in its own savepoint (one failing
 /// write does not undo the others), commits once, then answers each.
-///
-/// The savepoint statements travel with their neighbours (`BEGIN IMMEDIATE; SAVEPOINT op`,
-/// `RELEASE op; SAVEPOINT op`, `RELEASE op; COMMIT`): every statement is a round trip to SQLite's
-/// connection thread, and this loop is the one writer, so each round trip saved is throughput.
-async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
+async fn writer_loop(mut conn: PoolConnection<Sqlite>, mut rx: mpsc::UnboundedReceiver<WriterMsg>) {
     let mut stop = None;
     while stop.is_none() {
         let Some(first) = rx.recv().await else { break };
@@ -450,76 +445,59 @@ async fn writer_loop(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver
                 Err(_) => break,
             }
         }
-        if !jobs.is_empty() {
-            run_group(&mut conn, jobs).await;
+        if jobs.is_empty() {
+            continue;
+        }
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
+            let e = Arc::new(e);
+            for j in jobs {
+                (j.abort)(e.clone());
+            }
+            continue;
+        }
+        let mut finishes = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            finishes.push((j.run)(&mut conn).await);
+        }
+        let commit = match sqlx::query("COMMIT").execute(&mut *conn).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(Arc::new(e))
+            }
+        };
+        for f in finishes {
+            f(commit.clone());
         }
     }
-    let _ = sqlx::Connection::close(conn).await;
+    drop(conn);
     if let Some(done) = stop {
         let _ = done.send(());
     }
 }
 
-/// Runs one group of writes in one transaction and answers each once it has committed.
-async fn run_group(conn: &mut SqliteConnection, jobs: Vec<Job>) {
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE; SAVEPOINT op")
-        .execute(&mut *conn)
-        .await
-    {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let e = Arc::new(e);
-        for j in jobs {
-            (j.abort)(e.clone());
+/// Runs `f` inside a savepoint, rolling back to it when `f` fails.
+async fn in_savepoint<T, F>(conn: &mut SqliteConnection, f: F) -> Result<T>
+where
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T>>,
+{
+    sqlx::query("SAVEPOINT op").execute(&mut *conn).await?;
+    match f(&mut *conn).await {
+        Ok(v) => {
+            sqlx::query("RELEASE op").execute(&mut *conn).await?;
+            Ok(v)
         }
-        return;
-    }
-    let last = jobs.len() - 1;
-    let mut finishes = Vec::with_capacity(jobs.len());
-    let mut broken = None;
-    for (i, j) in jobs.into_iter().enumerate() {
-        if let Some(e) = &broken {
-            (j.abort)(Arc::clone(e));
-            continue;
-        }
-        let (finish, failed) = (j.run)(&mut *conn).await;
-        finishes.push(finish);
-        // A failed write is undone alone; the next statement releases its savepoint.
-        let undo = if failed {
-            sqlx::query("ROLLBACK TO op")
-                .execute(&mut *conn)
-                .await
-                .err()
-        } else {
-            None
-        };
-        let next = if i < last {
-            "RELEASE op; SAVEPOINT op"
-        } else {
-            "RELEASE op; COMMIT"
-        };
-        let step = match undo {
-            Some(e) => Err(e),
-            None => sqlx::query(next).execute(&mut *conn).await.map(|_| ()),
-        };
-        if let Err(e) = step {
-            broken = Some(Arc::new(e));
-        }
-    }
-    let commit = match broken {
-        None => Ok(()),
-        Some(e) => {
-            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK TO op").execute(&mut *conn).await;
+            let _ = sqlx::query("RELEASE op").execute(&mut *conn).await;
             Err(e)
         }
-    };
-    for f in finishes {
-        f(commit.clone());
     }
 }
 
 fn job_of<F>(run: F, abort: Box<dyn FnOnce(Arc<sqlx::Error>) + Send>) -> Job
 where
-    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, (Finish, bool)> + Send + 'static,
+    F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Finish> + Send + 'static,
 {
     Job {
         run: Box::new(run),
@@ -548,18 +526,8 @@ impl Store {
         .await;
         let pool = opened.map_err(|e| locked_or(path, e))?;
         let (tx, rx) = mpsc::unbounded_channel();
-        // The writer has a connection and a thread of its own: each of its statements is a round
-        // trip to SQLite's connection thread, and on the shared runtime every answer waited
-        // behind whatever else was queued there.
-        let conn = pool.acquire().await?.detach();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(io_err(path))?;
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || rt.block_on(writer_loop(conn, rx)))
-            .map_err(io_err(path))?;
+        let conn = pool.acquire().await?;
+        tokio::spawn(writer_loop(conn, rx));
         Ok(Store {
             pool,
             path: path.to_path_buf(),
@@ -629,8 +597,7 @@ impl Store {
         let job = job_of(
             move |conn| {
                 Box::pin(async move {
-                    let result = f(conn).await;
-                    let failed = result.is_err();
+                    let result = in_savepoint(conn, f).await;
                     let finish: Finish = Box::new(move |commit| {
                         let out = match commit {
                             Ok(()) => result,
@@ -640,7 +607,7 @@ impl Store {
                             let _ = r.send(out);
                         }
                     });
-                    (finish, failed)
+                    finish
                 })
             },
             Box::new(move |e| {
@@ -886,24 +853,26 @@ impl Store {
             Box::pin(async move {
                 let key = key_o.as_str();
                 let task_id = task_id_o.as_str();
-                // The event is logged in the same round trip; it names the task only if the
-                // update took (an item no longer submitting logs nothing and is refused).
-                let done = sqlx::query(
+                let batch: String = sqlx::query_scalar(
                     "UPDATE items SET state = 'running', task_id = ?2, submitted_at = ?3, retry_at = NULL,
                          error_class = NULL, error_code = NULL, error_msg = NULL, updated_at = ?3
-                     WHERE key = ?1 AND state = 'submitting';
-                     INSERT INTO events (at, batch, item_key, kind, code, detail)
-                         SELECT ?3, batch, key, 'submitted', NULL, ?2 FROM items
-                         WHERE key = ?1 AND changes() = 1",
+                     WHERE key = ?1 AND state = 'submitting' RETURNING batch",
                 )
                 .bind(key)
                 .bind(task_id)
                 .bind(now)
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
-                if done.rows_affected() != 2 {
-                    return Err(StoreError::Invalid(format!("item {key} is not being submitted")));
-                }
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&batch),
+                    Some(key),
+                    "submitted",
+                    None,
+                    Some(task_id),
+                )
+                .await?;
                 Ok(now)
             })
         })
@@ -1283,31 +1252,35 @@ impl Store {
         let sha256_o = sha256.to_owned();
         self.write(move |tx| {
             Box::pin(async move {
-                // One round trip: mark the image, finish the item if it was its last (the image
-                // is no longer listed), log the event, and read back what the archive writes
-                // about the image. Each statement uses every parameter from ?1 to its highest
-                // (`idx != ?2` is there for that): sqlx stops binding a statement of a
-                // multi-statement query at an unused number, leaving the rest NULL.
-                let row = sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE images SET state = 'archived', path = ?4, sha256 = ?5, bytes = ?6, archived_at = ?3,
-                         slack_ms = url_expires_at - ?3, error = NULL
-                     WHERE item_key = ?1 AND idx = ?2 AND state = 'listed';
-                     UPDATE items SET state = 'done', done_at = ?3, updated_at = ?3
-                     WHERE key = ?1 AND state = 'fetching' AND NOT EXISTS
-                         (SELECT 1 FROM images WHERE item_key = ?1 AND idx != ?2 AND state = 'listed');
-                     INSERT INTO events (at, batch, item_key, kind, code, detail)
-                         SELECT ?3, batch, key, 'archived', NULL, CAST(?2 AS TEXT) FROM items WHERE key = ?1;
-                     {RECORD_SELECT} WHERE m.item_key = ?1 AND m.idx = ?2"
-                )))
-                .bind(key_o.as_str())
+                let key = key_o.as_str();
+                let path = path_o.as_str();
+                let sha256 = sha256_o.as_str();
+                sqlx::query(
+                    "UPDATE images SET state = 'archived', path = ?3, sha256 = ?4, bytes = ?5, archived_at = ?6,
+                         slack_ms = url_expires_at - ?6, error = NULL
+                     WHERE item_key = ?1 AND idx = ?2 AND state = 'listed'",
+                )
+                .bind(key)
                 .bind(idx)
-                .bind(now)
-                .bind(path_o.as_str())
-                .bind(sha256_o.as_str())
+                .bind(path)
+                .bind(sha256)
                 .bind(bytes)
-                .fetch_one(&mut *tx)
+                .bind(now)
+                .execute(&mut *tx)
                 .await?;
-                record_of(&row)
+                finish_item_if_complete(&mut *tx, key, now).await?;
+                let record = image_record(&mut *tx, key, idx).await?;
+                event(
+                    &mut *tx,
+                    now,
+                    Some(&record.batch),
+                    Some(key),
+                    "archived",
+                    None,
+                    Some(&idx.to_string()),
+                )
+                .await?;
+                Ok(record)
             })
         })
         .await
@@ -1751,6 +1724,17 @@ fn record_of(r: &SqliteRow) -> Result<ImageRecord> {
         finished_at: r.get("finished_at"),
         archived_at: r.get("archived_at"),
     })
+}
+
+async fn image_record(tx: &mut SqliteConnection, key: &str, idx: u32) -> Result<ImageRecord> {
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "{RECORD_SELECT} WHERE m.item_key = ? AND m.idx = ?"
+    )))
+    .bind(key)
+    .bind(idx)
+    .fetch_one(&mut *tx)
+    .await?;
+    record_of(&row)
 }
 
 fn size_of(r: &SqliteRow) -> Size {
