@@ -8,15 +8,17 @@
 #                                         # VMs, so this samples thread states from /proc instead
 #   scripts/bench-profile.sh rss    [N]   # resident memory over time, beside the simulator's
 #                                         # submit and download counts (every 0.5 s)
+#   scripts/bench-profile.sh time   [N]   # one run under /usr/bin/time: wall, user, sys, peak RSS
+#                                         # (for A/B runs of two builds: RUNNER=path/to/runner)
 #
-# N defaults to 2000. Needs target/release/runner (cargo build --release). Output goes to
+# N defaults to 2000. Needs target/release/runner (cargo build --release), or RUNNER. Output goes to
 # $OUT (default: a temp dir, printed); the temp store and archive are removed at the end.
 set -euo pipefail
 
 mode=${1:-perf}
 n=${2:-2000}
 root=$(cd "$(dirname "$0")/.." && pwd)
-runner="$root/target/release/runner"
+runner=${RUNNER:-$root/target/release/runner}
 [ -x "$runner" ] || { echo "build it first: cargo build --release --bin runner" >&2; exit 2; }
 work=$(mktemp -d /tmp/bench-profile.XXXXXX)
 out=${OUT:-$work/out}
@@ -92,8 +94,12 @@ rss)
     done
     wait "$pid" || true
     ;;
+time)
+    /usr/bin/time -f "wall %e s, user %U s, sys %S s, peak RSS %M KiB" "${run[@]}" 2>&1 \
+        | grep -E '^(finished|wall)'
+    ;;
 *)
-    echo "unknown mode $mode: perf, strace, offcpu or rss" >&2
+    echo "unknown mode $mode: perf, strace, offcpu, rss or time" >&2
     exit 2
     ;;
 esac
