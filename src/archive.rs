@@ -189,17 +189,11 @@ impl Archive {
             cur.push(part);
             match fs::symlink_metadata(&cur) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(ArchiveError::Unsafe(format!(
-                        "{} is a symlink",
-                        cur.display()
-                    )));
+                    return Err(refused(&cur, "is a symlink"));
                 }
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => {
-                    return Err(ArchiveError::Unsafe(format!(
-                        "{} is not a folder",
-                        cur.display()
-                    )));
+                    return Err(refused(&cur, "is not a folder"));
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&cur) {
                     Ok(()) => {}
@@ -207,10 +201,7 @@ impl Archive {
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                         let m = fs::symlink_metadata(&cur).map_err(io_at("inspect", &cur))?;
                         if !m.is_dir() || m.file_type().is_symlink() {
-                            return Err(ArchiveError::Unsafe(format!(
-                                "{} is not a folder",
-                                cur.display()
-                            )));
+                            return Err(refused(&cur, "is not a folder"));
                         }
                     }
                     Err(e) => return Err(io_at("create folder", &cur)(e)),
@@ -236,10 +227,7 @@ impl Archive {
             cur.push(part);
             match fs::symlink_metadata(&cur) {
                 Ok(m) if m.file_type().is_symlink() => {
-                    return Err(ArchiveError::Unsafe(format!(
-                        "{} is a symlink",
-                        cur.display()
-                    )));
+                    return Err(refused(&cur, "is a symlink"));
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -330,12 +318,7 @@ impl Archive {
         let dest = self.resolve(batch, rel)?;
         let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
         self.ensure_dir(&dir)?;
-        if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(ArchiveError::Unsafe(format!(
-                "{} is a symlink",
-                dest.display()
-            )));
-        }
+        refuse_symlink(&dest)?;
         fs::rename(tmp, &dest).map_err(io_at("rename into", &dest))?;
         sync_dir(&dir)?;
         Ok(dest)
@@ -436,12 +419,14 @@ impl Archive {
     }
 }
 
+/// The error for a path the archive will not use, and why.
+fn refused(path: &Path, why: &str) -> ArchiveError {
+    ArchiveError::Unsafe(format!("{} {why}", path.display()))
+}
+
 fn refuse_symlink(path: &Path) -> Result<()> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(ArchiveError::Unsafe(format!(
-            "{} is a symlink",
-            path.display()
-        )));
+        return Err(refused(path, "is a symlink"));
     }
     Ok(())
 }
