@@ -216,7 +216,12 @@ impl fmt::Debug for Downloaded {
 /// The API client. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Client {
+    /// API requests: small answers, many connections (one per request in flight).
     http: reqwest::Client,
+    /// Image downloads, on connections of their own: hyper grows a connection's read buffer to
+    /// about 400 KB while it carries an image and keeps it for the connection's life, so sharing
+    /// one pool would let every API connection end up holding such a buffer.
+    images: reqwest::Client,
     config: ClientConfig,
     credentials: Credentials,
     store: Option<Store>,
@@ -260,30 +265,9 @@ impl Client {
         credentials: Credentials,
         store: Option<Store>,
     ) -> Result<Client, ClientError> {
-        let mut builder = reqwest::Client::builder();
-        if is_loopback(&config.base_url) {
-            // A simulator on this machine: an inherited HTTP(S)_PROXY must not capture it.
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30))
-            // Redirects only to http(s), at most 5; any other is answered as the 3xx it is.
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                if matches!(attempt.url().scheme(), "http" | "https")
-                    && attempt.previous().len() <= 5
-                {
-                    attempt.follow()
-                } else {
-                    attempt.stop()
-                }
-            }))
-            .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Transport {
-                what: "client set-up",
-                source: e.without_url(),
-            })?;
+        let loopback = is_loopback(&config.base_url);
+        let http = http_client(loopback)?;
+        let images = http_client(loopback)?;
         let token = match &credentials {
             Credentials::Token(t) => Some(CachedToken {
                 token: t.clone(),
@@ -294,6 +278,7 @@ impl Client {
         };
         Ok(Client {
             http,
+            images,
             config,
             credentials,
             store,
@@ -541,7 +526,7 @@ impl Client {
             return Err(ClientError::BadUrl);
         }
         let resp = self
-            .http
+            .images
             .get(parsed)
             .timeout(self.config.download_timeout)
             .send()
@@ -585,6 +570,32 @@ impl Client {
             body,
         })
     }
+}
+
+/// An HTTP client with the runner's settings; `loopback` for a simulator on this machine.
+fn http_client(loopback: bool) -> Result<reqwest::Client, ClientError> {
+    let mut builder = reqwest::Client::builder();
+    if loopback {
+        // A simulator on this machine: an inherited HTTP(S)_PROXY must not capture it.
+        builder = builder.no_proxy();
+    }
+    builder
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(30))
+        // Redirects only to http(s), at most 5; any other is answered as the 3xx it is.
+        .redirect(reqwest::redirect::Policy::custom(|attempt| {
+            if matches!(attempt.url().scheme(), "http" | "https") && attempt.previous().len() <= 5 {
+                attempt.follow()
+            } else {
+                attempt.stop()
+            }
+        }))
+        .user_agent(concat!("runner/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ClientError::Transport {
+            what: "client set-up",
+            source: e.without_url(),
+        })
 }
 
 fn is_loopback(url: &str) -> bool {
