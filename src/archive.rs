@@ -292,17 +292,12 @@ impl Archive {
         batch: &str,
         key: &str,
         idx: u32,
-        bytes: &[u8],
+        image: &ImageBuf,
         expected: Size,
     ) -> Result<PathBuf> {
-        verify_png_bytes(bytes, expected)?;
+        verify_png_bytes(image.as_slice(), expected)?;
         let tmp = self.temp_path(batch, key, idx)?;
-        let written = File::create(&tmp)
-            .and_then(|mut f| {
-                f.write_all(bytes)?;
-                f.sync_all()
-            })
-            .map_err(io_at("write", &tmp));
+        let written = write_new_synced(&tmp, image).map_err(io_at("write", &tmp));
         if let Err(e) = written {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -450,6 +445,121 @@ fn write_atomic_via(path: &Path, tmp_dir: &Path, bytes: &[u8], durable: bool) ->
     Ok(())
 }
 
+/// The unit of direct I/O: buffers, lengths and file offsets on multiples of it are accepted by
+/// every common block device and file system (logical blocks are 512 or 4,096 bytes).
+const DIRECT_IO_ALIGN: usize = 4096;
+
+/// The bytes of one image in memory, laid out for direct I/O: the first byte on a
+/// [`DIRECT_IO_ALIGN`] boundary as long as the buffer never grows past the capacity it was made
+/// with (the download sizes it from the `Content-Length`).
+#[derive(Clone, Default)]
+pub struct ImageBuf {
+    buf: Vec<u8>,
+    /// Where the image starts in `buf` (the bytes before it are padding).
+    start: usize,
+}
+
+impl ImageBuf {
+    /// An empty buffer that takes `capacity` bytes without moving.
+    pub fn with_capacity(capacity: usize) -> ImageBuf {
+        let mut buf: Vec<u8> = Vec::with_capacity(capacity.saturating_add(DIRECT_IO_ALIGN));
+        let start = buf.as_ptr().align_offset(DIRECT_IO_ALIGN);
+        let start = if start < DIRECT_IO_ALIGN { start } else { 0 };
+        buf.resize(start, 0);
+        ImageBuf { buf, start }
+    }
+
+    /// Appends bytes (a buffer that outgrows its capacity moves and loses its alignment, and is
+    /// then written the ordinary way).
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The image's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many leading bytes can be written with direct I/O: the whole blocks, when the buffer
+    /// starts on a block boundary.
+    fn direct_len(&self) -> usize {
+        if self.as_slice().as_ptr().align_offset(DIRECT_IO_ALIGN) == 0 {
+            self.len() / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN
+        } else {
+            0
+        }
+    }
+}
+
+impl std::fmt::Debug for ImageBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageBuf")
+            .field("len", &self.len())
+            .field("direct_len", &self.direct_len())
+            .finish()
+    }
+}
+
+impl From<Vec<u8>> for ImageBuf {
+    fn from(buf: Vec<u8>) -> ImageBuf {
+        ImageBuf { buf, start: 0 }
+    }
+}
+
+/// Writes `image` to the new file `path` and fsyncs it. On Linux its whole blocks go to the disk
+/// with `O_DIRECT`, straight from the download's buffer: copying a quarter of a megabyte per image
+/// into the page cache (pages nobody reads again) was the largest single cost of a run without
+/// limits. The tail, and every file system that refuses direct I/O (`EINVAL`, as tmpfs on older
+/// kernels), take the ordinary buffered path. `sync_all` makes both durable.
+fn write_new_synced(path: &Path, image: &ImageBuf) -> io::Result<()> {
+    let bytes = image.as_slice();
+    let mut done = 0;
+    let direct = image.direct_len();
+    if direct > 0 {
+        match write_direct(path, &bytes[..direct]) {
+            Ok(()) => done = direct,
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut f = if done > 0 {
+        OpenOptions::new().append(true).open(path)?
+    } else {
+        File::create(path)?
+    };
+    f.write_all(&bytes[done..])?;
+    f.sync_all()
+}
+
+/// Creates (or truncates) `path` and writes `blocks` to it with `O_DIRECT`; `blocks` starts on
+/// a [`DIRECT_IO_ALIGN`] boundary and is a whole number of them long.
+#[cfg(target_os = "linux")]
+fn write_direct(path: &Path, blocks: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)?
+        .write_all(blocks)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn write_direct(_path: &Path, _blocks: &[u8]) -> io::Result<()> {
+    Err(io::ErrorKind::InvalidInput.into())
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     File::open(dir)
@@ -590,6 +700,65 @@ fn check_ihdr(data: &[u8], expected: Size) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_buffer_starts_on_a_block_boundary_until_it_outgrows_its_capacity() {
+        for n in [0, 1, 4095, 4096, 4097, 239_237] {
+            let mut b = ImageBuf::with_capacity(n);
+            let bytes: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            b.extend_from_slice(&bytes);
+            assert_eq!(b.as_slice(), &bytes[..]);
+            assert_eq!(
+                b.as_slice().as_ptr() as usize % DIRECT_IO_ALIGN,
+                0,
+                "{n} bytes"
+            );
+            assert_eq!(
+                b.direct_len(),
+                n / DIRECT_IO_ALIGN * DIRECT_IO_ALIGN,
+                "{n} bytes"
+            );
+        }
+        // Grown past its capacity, it moves: the bytes stay right, and direct I/O is used only
+        // if the new start happens to be aligned.
+        let mut b = ImageBuf::with_capacity(10);
+        let bytes = vec![7u8; 3 * DIRECT_IO_ALIGN + 5];
+        b.extend_from_slice(&bytes);
+        assert_eq!(b.as_slice(), &bytes[..]);
+        let aligned = (b.as_slice().as_ptr() as usize).is_multiple_of(DIRECT_IO_ALIGN);
+        assert_eq!(
+            b.direct_len(),
+            if aligned { 3 * DIRECT_IO_ALIGN } else { 0 }
+        );
+        let v = ImageBuf::from(vec![1, 2, 3]);
+        assert_eq!((v.len(), v.as_slice()), (3, &[1u8, 2, 3][..]));
+    }
+
+    #[test]
+    fn images_are_written_whole_by_direct_and_buffered_paths() {
+        // The temp dir of the machine, and tmpfs where there is one (which refuses O_DIRECT on
+        // older kernels, so the buffered fallback is taken there).
+        let mut dirs = vec![tempfile::tempdir().unwrap()];
+        if Path::new("/dev/shm").is_dir() {
+            dirs.push(tempfile::tempdir_in("/dev/shm").unwrap());
+        }
+        for dir in &dirs {
+            for n in [0, 100, 4096, 4097, 3 * 4096 + 1, 239_237] {
+                let bytes: Vec<u8> = (0..n).map(|i| (i * 7 % 253) as u8).collect();
+                let mut aligned = ImageBuf::with_capacity(n);
+                aligned.extend_from_slice(&bytes);
+                let unaligned = ImageBuf::from(bytes.clone());
+                for (what, image) in [("aligned", &aligned), ("unaligned", &unaligned)] {
+                    let path = dir.path().join(format!("{what}-{n}.png"));
+                    write_new_synced(&path, image).unwrap();
+                    assert_eq!(fs::read(&path).unwrap(), bytes, "{what}, {n} bytes");
+                    // A leftover of the same name is replaced, never appended to.
+                    write_new_synced(&path, image).unwrap();
+                    assert_eq!(fs::read(&path).unwrap(), bytes, "{what}, {n} bytes again");
+                }
+            }
+        }
+    }
 
     fn png_bytes(w: u32, h: u32) -> Vec<u8> {
         let mut out = Vec::new();

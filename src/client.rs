@@ -17,6 +17,7 @@ use crate::api::{
     self, Envelope, ErrorClass, OAuthError, QueryData, QueryRequest, SubmitData, SubmitRequest,
     TokenAnswer,
 };
+use crate::archive::ImageBuf;
 use crate::store::{Store, now_ms};
 
 /// A secret string whose `Debug` and `Display` never show it.
@@ -198,8 +199,8 @@ impl ClientError {
 /// A finished download.
 #[derive(Clone)]
 pub struct Downloaded {
-    /// The bytes.
-    pub body: Vec<u8>,
+    /// The bytes, laid out for the archive's direct writes.
+    pub body: ImageBuf,
     /// Hex SHA-256 of the bytes.
     pub sha256: String,
 }
@@ -548,7 +549,7 @@ impl Client {
         if expected.is_some_and(|n| n > limit) {
             return Err(ClientError::TooLarge { limit });
         }
-        let mut body = Vec::with_capacity(expected.unwrap_or(0).min(limit) as usize);
+        let mut body = ImageBuf::with_capacity(expected.unwrap_or(0).min(limit) as usize);
         let mut hasher = Sha256::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
