@@ -49,7 +49,7 @@ done
 url=$(sed -n 's/^listening on //p' "$work/sim.out")
 
 run=("$runner" submit "$work/job.yaml" --db "$work/runner.db" --archive "$work/archive"
-    --base-url "$url" --submit-qps 0 --query-qps 0 --concurrency 100000 --downloads 32)
+    --base-url "$url" --submit-qps 0 --query-qps 0 --concurrency 100000 --downloads "${DOWNLOADS:-32}")
 export EB_AK=sim-ak EB_SK=sim-sk
 
 case "$mode" in

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{ErrorClass, QueryData, SUB_ERR_CENSORED, SubmitRequest, TaskStatus};
 use crate::archive::{self, Archive, ArchiveError};
@@ -390,6 +391,12 @@ struct Shared {
     /// the request must not vary (a commit in between would bunch requests at the server).
     submit_limiter: Pacer,
     query_limiter: Pacer,
+    /// The archive steps of downloaded images (store record, sidecar, manifest line), run apart
+    /// from the download loops so that a download slot is free again once its file is durable,
+    /// not only after the store's next commit; each counts in `fetch_inflight` until it is done.
+    records: TaskTracker,
+    /// The first error of an archive step, answered as a loop's error would be.
+    record_err: Mutex<Option<SchedulerError>>,
 }
 
 fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
@@ -418,6 +425,15 @@ fn instant_at(unix_ms: i64) -> Instant {
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps the first error of an archive step.
+    fn record_failure(&self, e: SchedulerError) {
+        self.fail_run(StopReason::Fatal, e.to_string());
+        self.record_err
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(e);
     }
 
     fn wake_all(&self) {
@@ -538,6 +554,8 @@ pub async fn run(
         halt,
         done: CancellationToken::new(),
         opts,
+        records: TaskTracker::new(),
+        record_err: Mutex::new(None),
     });
 
     let mut set = JoinSet::new();
@@ -596,6 +614,16 @@ pub async fn run(
                 shared.fail_run(StopReason::Fatal, format!("a loop panicked: {join}"));
             }
         }
+    }
+    shared.records.close();
+    shared.records.wait().await;
+    let record_err = shared
+        .record_err
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(e) = record_err {
+        first_err.get_or_insert(e);
     }
     if let Some(e) = first_err {
         return Err(e);
@@ -1605,7 +1633,19 @@ async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerEr
         Err(e) => Err(DownloadFailure::Client(e)),
     };
     match verified {
-        Ok((sha, bytes)) => record_archived(s, &image, &rel, &sha, bytes).await,
+        Ok((sha, bytes)) => {
+            s.state().fetch_inflight += 1;
+            let s = s.clone();
+            s.records.clone().spawn(async move {
+                if let Err(e) = record_archived(&s, &image, &rel, &sha, bytes).await {
+                    s.record_failure(e);
+                }
+                s.state().fetch_inflight -= 1;
+                s.wake_submit.notify_one();
+                s.check_idle();
+            });
+            Ok(())
+        }
         Err(failure) => match failure {
             DownloadFailure::Client(e) if e.is_expired() => {
                 request_fresh_urls(s, image, &e.to_string()).await
