@@ -1635,14 +1635,12 @@ async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerEr
     match verified {
         Ok((sha, bytes)) => {
             s.state().fetch_inflight += 1;
-            let s = s.clone();
-            s.records.clone().spawn(async move {
-                if let Err(e) = record_archived(&s, &image, &rel, &sha, bytes).await {
+            let step = ArchiveStep(s.clone());
+            s.records.spawn(async move {
+                let s = &step.0;
+                if let Err(e) = record_archived(s, &image, &rel, &sha, bytes).await {
                     s.record_failure(e);
                 }
-                s.state().fetch_inflight -= 1;
-                s.wake_submit.notify_one();
-                s.check_idle();
             });
             Ok(())
         }
@@ -1678,6 +1676,22 @@ where
 enum DownloadFailure {
     Client(ClientError),
     Archive(ArchiveError),
+}
+
+/// An archive step in flight: counted in `fetch_inflight` until it is dropped, even by a panic
+/// (which stops the run, as a loop's panic does, instead of leaving it waiting for ever).
+struct ArchiveStep(Arc<Shared>);
+
+impl Drop for ArchiveStep {
+    fn drop(&mut self) {
+        let s = &self.0;
+        if std::thread::panicking() {
+            s.fail_run(StopReason::Fatal, "an archive step panicked".into());
+        }
+        s.state().fetch_inflight -= 1;
+        s.wake_submit.notify_one();
+        s.check_idle();
+    }
 }
 
 async fn record_archived(
