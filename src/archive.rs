@@ -452,7 +452,7 @@ const DIRECT_IO_ALIGN: usize = 4096;
 /// The bytes of one image in memory, laid out for direct I/O: the first byte on a
 /// [`DIRECT_IO_ALIGN`] boundary as long as the buffer never grows past the capacity it was made
 /// with (the download sizes it from the `Content-Length`).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ImageBuf {
     buf: Vec<u8>,
     /// Where the image starts in `buf` (the bytes before it are padding).
