@@ -308,6 +308,32 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// Unix time in milliseconds, from the local clock.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The API's daily quota counts days from midnight in Asia/Shanghai (UTC+8, no daylight saving).
+const QUOTA_DAY_OFFSET_MS: i64 = 8 * 3_600_000;
+/// Length of a quota day.
+pub const QUOTA_DAY_MS: i64 = 86_400_000;
+
+/// The number of the quota day (days since 1970-01-01 in Asia/Shanghai) that `unix_ms` falls in.
+pub fn quota_day(unix_ms: i64) -> i64 {
+    (unix_ms + QUOTA_DAY_OFFSET_MS).div_euclid(QUOTA_DAY_MS)
+}
+
+/// Unix ms of the start of the quota day that `unix_ms` falls in: the API's daily quota counts
+/// images submitted since then.
+pub fn quota_day_start(unix_ms: i64) -> i64 {
+    quota_day(unix_ms) * QUOTA_DAY_MS - QUOTA_DAY_OFFSET_MS
+}
+
+/// Unix ms of the next quota reset after `unix_ms` (the next midnight in Asia/Shanghai).
+pub fn next_quota_reset(unix_ms: i64) -> i64 {
+    quota_day_start(unix_ms) + QUOTA_DAY_MS
+}
+
 /// Sub-task error code: prompt blocked by censorship.
 pub const SUB_ERR_CENSORED: i64 = 501;
 /// Sub-task error code: the model failed to generate.
@@ -517,6 +543,25 @@ mod tests {
         assert_eq!(ErrorClass::of(216303), ErrorClass::Timeout);
         assert_eq!(ErrorClass::of(19), ErrorClass::Fatal);
         assert_eq!(ErrorClass::of(282000), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn quota_days_run_from_midnight_in_shanghai() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .timestamp_millis()
+        };
+        // 2026-11-21 15:59:59 UTC is 23:59:59 in Shanghai; the day turns at 16:00:00 UTC.
+        let before = at("2026-11-21T15:59:59Z");
+        let midnight = at("2026-11-21T16:00:00Z");
+        assert_eq!(next_quota_reset(before), midnight);
+        assert_eq!(next_quota_reset(midnight), midnight + QUOTA_DAY_MS);
+        assert_eq!(quota_day_start(before), midnight - QUOTA_DAY_MS);
+        assert_eq!(quota_day_start(midnight), midnight);
+        assert_eq!(quota_day(midnight), quota_day(before) + 1);
+        // Before 1970 too (div_euclid, not truncation).
+        assert_eq!(quota_day_start(-1), at("1969-12-31T16:00:00Z"));
     }
 
     #[test]

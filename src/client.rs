@@ -13,12 +13,13 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
+use crate::api::now_ms;
 use crate::api::{
     self, Envelope, ErrorClass, OAuthError, QueryData, QueryRequest, SubmitData, SubmitRequest,
     TokenAnswer,
 };
 use crate::archive::ImageBuf;
-use crate::store::{Store, now_ms};
+use crate::store::Store;
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]

@@ -28,10 +28,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{ErrorClass, QueryData, SUB_ERR_CENSORED, SubmitRequest, TaskStatus};
+use crate::api::{
+    ErrorClass, QueryData, SUB_ERR_CENSORED, SubmitRequest, TaskStatus, next_quota_reset, now_ms,
+};
 use crate::archive::{self, Archive, ArchiveError};
 use crate::client::{self, Client, ClientError};
-use crate::store::{FetchImage, ListedImage, PendingItem, Store, StoreError, now_ms};
+use crate::store::{FetchImage, ListedImage, PendingItem, Store, StoreError};
 
 mod pacer;
 use pacer::Pacer;
@@ -404,13 +406,6 @@ fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
     let d = exp.min(cap);
     let jitter = rand::rng().random_range(0.8..1.2);
     d.mul_f64(jitter)
-}
-
-/// Unix ms of the next midnight in Asia/Shanghai (UTC+8, no daylight saving).
-pub fn next_quota_reset(now_ms: i64) -> i64 {
-    const DAY: i64 = 86_400_000;
-    const OFFSET: i64 = 8 * 3_600_000;
-    ((now_ms + OFFSET) / DAY + 1) * DAY - OFFSET
 }
 
 fn instant_at(unix_ms: i64) -> Instant {
@@ -1790,19 +1785,6 @@ async fn request_fresh_urls(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quota_resets_at_shanghai_midnight() {
-        // 2026-11-21 15:59:59 UTC = 23:59:59 in Shanghai; the reset is 16:00:00 UTC.
-        let t = chrono::DateTime::parse_from_rfc3339("2026-11-21T15:59:59Z")
-            .unwrap()
-            .timestamp_millis();
-        let r = chrono::DateTime::parse_from_rfc3339("2026-11-21T16:00:00Z")
-            .unwrap()
-            .timestamp_millis();
-        assert_eq!(next_quota_reset(t), r);
-        assert_eq!(next_quota_reset(r), r + 86_400_000);
-    }
 
     #[test]
     fn due_time_extrapolates_progress() {

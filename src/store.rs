@@ -25,7 +25,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{ErrorClass, Size, Verdict, Version};
+use crate::api::{ErrorClass, Size, Verdict, Version, now_ms};
 use crate::jobfile::{ArchivePolicy, Item, Keep};
 
 mod report;
@@ -127,11 +127,6 @@ impl StoreError {
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 /// State of an item (one submit). Stored as TEXT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

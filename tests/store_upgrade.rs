@@ -54,7 +54,8 @@ async fn a_store_of_the_previous_release_opens_and_resumes() {
     );
     assert_eq!(summary["submitted"], 28, "{summary:#}");
     assert_eq!(
-        env.stats().submits, 28,
+        env.stats().submits,
+        28,
         "only the pending items were submitted"
     );
 

@@ -58,7 +58,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         ambiguous_items: batches.iter().map(|b| b.ambiguous_items).sum(),
         errors_by_code: store.errors_by_code().await?,
         quota_used_images: store
-            .images_submitted_since(crate::report::quota_day_start_ms(crate::store::now_ms()))
+            .images_submitted_since(crate::api::quota_day_start(crate::api::now_ms()))
             .await?,
         last_run: store.last_run().await?,
         batches,

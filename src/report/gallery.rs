@@ -349,7 +349,7 @@ fn batch_header(
         "<header><h1>Batch <code>{b}</code></h1><p class=\"dim\">generated {now} (local time, UTC{off}) · \
          <a href=\"../index.html\">all batches</a></p></header>",
         b = esc(batch),
-        now = local_minute(crate::store::now_ms()),
+        now = local_minute(crate::api::now_ms()),
         off = local_offset(),
     );
     out.push_str("<section id=\"totals\"><h2>Totals</h2><div class=\"totals\">\n");
@@ -839,7 +839,7 @@ fn index_page(out: &mut String, statuses: &[BatchStatus], root: &Path) {
     let _ = writeln!(
         out,
         "<header><h1>Batches</h1><p class=\"dim\">generated {} (local time, UTC{})</p></header>",
-        local_minute(crate::store::now_ms()),
+        local_minute(crate::api::now_ms()),
         local_offset()
     );
     if statuses.is_empty() {

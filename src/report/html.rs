@@ -6,7 +6,8 @@
 
 use std::fmt::{self, Write as _};
 
-use base64_lite::encode as b64;
+use base64::Engine as _;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::{Digest, Sha256};
 
 use super::{Column, TimelineBin};
@@ -39,17 +40,23 @@ impl fmt::Display for Esc<'_> {
     }
 }
 
+/// What [`url_path`] leaves as it is: RFC 3986's unreserved characters and the `/` between
+/// segments.
+const PATH_KEEP: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
 /// Percent-encodes a relative path for an `href` or `src`, keeping `/` between segments.
 pub fn url_path(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    utf8_percent_encode(path, PATH_KEEP).to_string()
+}
+
+/// Standard base64 with padding (for CSP hashes).
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The page style. Verdict classes: `v-pass`, `v-review`, `v-block`, `v-failed`, `v-waiting`;
@@ -330,30 +337,6 @@ pub fn timeline_svg(t: &Timeline, label: impl Fn(i64) -> String) -> String {
     s
 }
 
-/// Standard base64 (for CSP hashes), without a dependency.
-mod base64_lite {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    /// Encodes `bytes` with padding.
-    pub fn encode(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,23 +370,13 @@ mod tests {
     }
 
     #[test]
-    fn base64_matches_the_standard() {
-        assert_eq!(base64_lite::encode(b""), "");
-        assert_eq!(base64_lite::encode(b"f"), "Zg==");
-        assert_eq!(base64_lite::encode(b"fo"), "Zm8=");
-        assert_eq!(base64_lite::encode(b"foo"), "Zm9v");
-        assert_eq!(base64_lite::encode(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64_lite::encode(&[0xff, 0xfe, 0xfd, 0x00]), "//79AA==");
-    }
-
-    #[test]
     fn the_policy_pins_the_inline_style_and_script() {
         let csp = content_security_policy();
         assert!(
             csp.starts_with("default-src 'none'; img-src 'self';"),
             "{csp}"
         );
-        let script = base64_lite::encode(&Sha256::digest(SCRIPT.as_bytes()));
+        let script = b64(&Sha256::digest(SCRIPT.as_bytes()));
         assert!(
             csp.contains(&format!("script-src 'sha256-{script}'")),
             "{csp}"

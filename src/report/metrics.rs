@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{ReportError, quota_day_start_ms};
+use super::ReportError;
 use crate::api::Verdict;
-use crate::store::{BatchStatus, ImageState, ItemState, Store, StoreError, now_ms};
+use crate::api::now_ms;
+use crate::store::{BatchStatus, ImageState, ItemState, Store, StoreError};
 
 /// How the run that writes the metrics ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,7 +45,7 @@ pub async fn snapshot(
     last_run: Option<LastRun>,
     now: i64,
 ) -> Result<Snapshot, StoreError> {
-    let day = quota_day_start_ms(now);
+    let day = crate::api::quota_day_start(now);
     Ok(Snapshot {
         batches: store.status().await?,
         errors_by_code: store.errors_by_code().await?,

@@ -357,32 +357,9 @@ pub fn rfc3339_ms(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// Start of the current quota day (midnight Asia/Shanghai, UTC+8 without daylight saving) at
-/// `now_ms`, in Unix ms: the API's daily quota counts images submitted since then.
-pub fn quota_day_start_ms(now_ms: i64) -> i64 {
-    const OFFSET_MS: i64 = 8 * 3600 * 1000;
-    const DAY_MS: i64 = 24 * 3600 * 1000;
-    (now_ms + OFFSET_MS).div_euclid(DAY_MS) * DAY_MS - OFFSET_MS
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quota_days_start_at_midnight_in_shanghai() {
-        // 2026-11-21T15:59:59Z is 23:59:59 in Shanghai; a second later the day turns.
-        let before = chrono::DateTime::parse_from_rfc3339("2026-11-21T15:59:59Z")
-            .unwrap()
-            .timestamp_millis();
-        let start = quota_day_start_ms(before);
-        assert_eq!(rfc3339_ms(start), "2026-11-20T16:00:00.000Z");
-        assert_eq!(
-            rfc3339_ms(quota_day_start_ms(before + 1000)),
-            "2026-11-21T16:00:00.000Z"
-        );
-        assert_eq!(quota_day_start_ms(start), start);
-    }
 
     #[test]
     fn placeholders_in_order_without_literal_braces() {

@@ -27,9 +27,6 @@ use crate::api::{self, Size, TaskStatus, Verdict, Version, code};
 const TASK_ID_BASE: u64 = 1_700_000_000_000_000_000;
 /// Ids of consecutive tasks are this far apart, with a random offset below it: unique, not dense.
 const TASK_ID_STRIDE: u64 = 1_000_003;
-/// Offset of Asia/Shanghai (UTC+8, no daylight saving), where the real quota day starts.
-const SHANGHAI_OFFSET_MS: u64 = 8 * 3600 * 1000;
-const DAY_MS: u64 = 24 * 3600 * 1000;
 /// Error `3` of Baidu's platform, for unknown API methods.
 pub(crate) const UNSUPPORTED_METHOD: i64 = 3;
 /// Error `100`: a parameter (here: `access_token`) is missing.
@@ -276,7 +273,7 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
 pub(crate) fn quota_day(unix_ms: u64, since_start: Duration, window: Option<Duration>) -> u64 {
     match window {
         Some(w) => (since_start.as_nanos() / w.as_nanos().max(1)) as u64,
-        None => (unix_ms + SHANGHAI_OFFSET_MS) / DAY_MS,
+        None => api::quota_day(unix_ms as i64) as u64,
     }
 }
 

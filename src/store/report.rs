@@ -478,7 +478,7 @@ mod tests {
         let listed = |idx, verdict| ListedImage {
             idx,
             url: format!("http://h/{idx}.png"),
-            url_expires_at: crate::store::now_ms() + 60_000,
+            url_expires_at: crate::api::now_ms() + 60_000,
             width: 512,
             height: 512,
             verdict,
@@ -567,7 +567,7 @@ mod tests {
     #[tokio::test]
     async fn timeline_quota_runs_and_exports() {
         let (_dir, store, items) = store_with_job().await;
-        let before = crate::store::now_ms();
+        let before = crate::api::now_ms();
         let run = store.start_run("submit").await.unwrap();
         for it in &items[..3] {
             store.mark_submitting(&it.key).await.unwrap();
@@ -579,7 +579,7 @@ mod tests {
                 &[ListedImage {
                     idx: 0,
                     url: "http://h/0.png".into(),
-                    url_expires_at: crate::store::now_ms() + 60_000,
+                    url_expires_at: crate::api::now_ms() + 60_000,
                     width: 512,
                     height: 512,
                     verdict: Verdict::Review,
@@ -605,7 +605,7 @@ mod tests {
         assert_eq!(store.images_submitted_since(before).await.unwrap(), 5);
         assert_eq!(
             store
-                .images_submitted_since(crate::store::now_ms() + 1)
+                .images_submitted_since(crate::api::now_ms() + 1)
                 .await
                 .unwrap(),
             0
@@ -614,7 +614,7 @@ mod tests {
         assert_eq!((last.id, last.exit_code), (run, Some(0)));
         assert_eq!(
             store
-                .runs_between(before, crate::store::now_ms())
+                .runs_between(before, crate::api::now_ms())
                 .await
                 .unwrap()
                 .len(),
