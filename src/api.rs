@@ -313,6 +313,13 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Unix ms as RFC 3339 in UTC with milliseconds (`2026-11-21T08:00:00.000Z`).
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 /// The API's daily quota counts days from midnight in Asia/Shanghai (UTC+8, no daylight saving).
 const QUOTA_DAY_OFFSET_MS: i64 = 8 * 3_600_000;
 /// Length of a quota day.

@@ -1,7 +1,8 @@
 //! The API client: the only module that speaks HTTP to the API.
 //!
-//! It fetches the access token with `EB_AK`/`EB_SK` (cached in the store with its expiry, refreshed
-//! once when the API answers 100/110/111) or uses a preset `EB_ACCESS_TOKEN`; submits, queries and
+//! It fetches the access token with `EB_AK`/`EB_SK` (kept between runs through a [`TokenCache`],
+//! which the store implements; refreshed once when the API answers 100/110/111) or uses a preset
+//! `EB_ACCESS_TOKEN`; submits, queries and
 //! downloads with a timeout on every request; and classifies every failure. The access token is
 //! carried in the URL's query, so every error is stripped of its URL before it can reach a message
 //! or a log line; the secret key is never written anywhere.
@@ -9,7 +10,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
@@ -18,8 +22,6 @@ use crate::api::{
     self, Envelope, ErrorClass, OAuthError, QueryData, QueryRequest, SubmitData, SubmitRequest,
     TokenAnswer,
 };
-use crate::archive::ImageBuf;
-use crate::store::Store;
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -48,6 +50,33 @@ impl fmt::Display for Secret {
         f.write_str("***")
     }
 }
+
+/// Where fetched access tokens are kept between runs, tied to the base URL and a fingerprint of
+/// the API key they were fetched with (the store implements it; the secret key is never kept).
+pub trait TokenCache: Send + Sync + fmt::Debug {
+    /// The cached token and its expiry (Unix ms), when it is valid until at least `valid_until`.
+    fn cached<'a>(
+        &'a self,
+        base_url: &'a str,
+        client_id: &'a str,
+        valid_until: i64,
+    ) -> BoxFuture<'a, Result<Option<(String, i64)>, CacheError>>;
+    /// Keeps a token (replacing the one kept before).
+    fn save<'a>(
+        &'a self,
+        base_url: &'a str,
+        client_id: &'a str,
+        token: &'a str,
+        expires_at: i64,
+    ) -> BoxFuture<'a, Result<(), CacheError>>;
+    /// Forgets the kept token (the API called it invalid or expired).
+    fn clear(&self) -> BoxFuture<'_, Result<(), CacheError>>;
+}
+
+/// A token cache that could not be read or written, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CacheError(pub String);
 
 /// How the client authenticates.
 #[derive(Debug, Clone)]
@@ -153,7 +182,7 @@ pub enum ClientError {
     BadUrl,
     /// The token cache could not be read or written.
     #[error("token cache: {0}")]
-    Store(#[from] crate::store::StoreError),
+    TokenCache(#[from] CacheError),
 }
 
 impl ClientError {
@@ -168,7 +197,7 @@ impl ClientError {
             ClientError::Transport { .. } | ClientError::Malformed { .. } => ErrorClass::Transient,
             ClientError::Expired { .. } => ErrorClass::Transient,
             ClientError::TooLarge { .. } => ErrorClass::Permanent,
-            ClientError::Store(_) => ErrorClass::Fatal,
+            ClientError::TokenCache(_) => ErrorClass::Fatal,
         }
     }
 
@@ -194,6 +223,77 @@ impl ClientError {
     /// Whether the image URL is dead and a fresh one must be queried.
     pub fn is_expired(&self) -> bool {
         matches!(self, ClientError::Expired { .. })
+    }
+}
+
+/// The unit of direct I/O: buffers, lengths and file offsets on multiples of it are accepted by
+/// every common block device and file system (logical blocks are 512 or 4,096 bytes).
+pub const IMAGE_BUF_ALIGN: usize = 4096;
+
+/// The bytes of one image in memory, laid out for direct I/O: the first byte on a
+/// [`IMAGE_BUF_ALIGN`] boundary as long as the buffer never grows past the capacity it was made
+/// with (the download sizes it from the `Content-Length`).
+#[derive(Clone)]
+pub struct ImageBuf {
+    buf: Vec<u8>,
+    /// Where the image starts in `buf` (the bytes before it are padding).
+    start: usize,
+}
+
+impl ImageBuf {
+    /// An empty buffer that takes `capacity` bytes without moving.
+    pub fn with_capacity(capacity: usize) -> ImageBuf {
+        let mut buf: Vec<u8> = Vec::with_capacity(capacity.saturating_add(IMAGE_BUF_ALIGN));
+        let start = buf.as_ptr().align_offset(IMAGE_BUF_ALIGN);
+        let start = if start < IMAGE_BUF_ALIGN { start } else { 0 };
+        buf.resize(start, 0);
+        ImageBuf { buf, start }
+    }
+
+    /// Appends bytes (a buffer that outgrows its capacity moves and loses its alignment, and is
+    /// then written the ordinary way).
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The image's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The number of bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many leading bytes can be written with direct I/O: the whole blocks, when the buffer
+    /// starts on a block boundary.
+    pub fn aligned_len(&self) -> usize {
+        if self.as_slice().as_ptr().align_offset(IMAGE_BUF_ALIGN) == 0 {
+            self.len() / IMAGE_BUF_ALIGN * IMAGE_BUF_ALIGN
+        } else {
+            0
+        }
+    }
+}
+
+impl std::fmt::Debug for ImageBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageBuf")
+            .field("len", &self.len())
+            .field("aligned_len", &self.aligned_len())
+            .finish()
+    }
+}
+
+impl From<Vec<u8>> for ImageBuf {
+    fn from(buf: Vec<u8>) -> ImageBuf {
+        ImageBuf { buf, start: 0 }
     }
 }
 
@@ -226,7 +326,7 @@ pub struct Client {
     images: reqwest::Client,
     config: ClientConfig,
     credentials: Credentials,
-    store: Option<Store>,
+    cache: Option<Arc<dyn TokenCache>>,
     token: Mutex<Option<CachedToken>>,
 }
 
@@ -261,11 +361,11 @@ impl CachedToken {
 }
 
 impl Client {
-    /// A client for `config`, caching fetched tokens in `store` when given.
+    /// A client for `config`, keeping fetched tokens in `cache` when given.
     pub fn new(
         config: ClientConfig,
         credentials: Credentials,
-        store: Option<Store>,
+        cache: Option<Arc<dyn TokenCache>>,
     ) -> Result<Client, ClientError> {
         let loopback = is_loopback(&config.base_url);
         let http = http_client(loopback)?;
@@ -283,7 +383,7 @@ impl Client {
             images,
             config,
             credentials,
-            store,
+            cache,
             token: Mutex::new(token),
         })
     }
@@ -301,7 +401,7 @@ impl Client {
         }
     }
 
-    /// The access token: from memory, the store's cache, or the token endpoint.
+    /// The access token: from memory, the token cache, or the token endpoint.
     async fn access_token(&self) -> Result<Secret, ClientError> {
         let mut guard = self.token.lock().await;
         let now = now_ms();
@@ -319,9 +419,9 @@ impl Client {
                 });
         };
         let fingerprint = self.client_fingerprint();
-        if let Some(store) = &self.store
-            && let Some((token, expires_at)) = store
-                .cached_token(&self.config.base_url, &fingerprint, now)
+        if let Some(cache) = &self.cache
+            && let Some((token, expires_at)) = cache
+                .cached(&self.config.base_url, &fingerprint, now)
                 .await?
         {
             let t = CachedToken::new(Secret::new(token), now, expires_at);
@@ -331,9 +431,9 @@ impl Client {
             }
         }
         let t = self.fetch_token(ak, sk).await?;
-        if let Some(store) = &self.store {
-            store
-                .save_token(
+        if let Some(cache) = &self.cache {
+            cache
+                .save(
                     &self.config.base_url,
                     &fingerprint,
                     t.token.expose(),
@@ -397,8 +497,8 @@ impl Client {
         let mut guard = self.token.lock().await;
         if guard.as_ref().is_some_and(|t| &t.token == failed) {
             *guard = None;
-            if let Some(store) = &self.store {
-                store.clear_token().await?;
+            if let Some(cache) = &self.cache {
+                cache.clear().await?;
             }
         }
         Ok(())
@@ -413,7 +513,7 @@ impl Client {
         let mut refreshed = false;
         loop {
             let token = self.access_token().await.map_err(|e| match e {
-                e @ (ClientError::Auth { .. } | ClientError::Store(_)) => e,
+                e @ (ClientError::Auth { .. } | ClientError::TokenCache(_)) => e,
                 e => ClientError::TokenFetch(Box::new(e)),
             })?;
             match self.call_once(path, what, body, &token).await {
@@ -651,6 +751,39 @@ pub fn url_expiry(url: &str, now_ms: i64, fallback_ms: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_buffer_starts_on_a_block_boundary_until_it_outgrows_its_capacity() {
+        for n in [0, 1, 4095, 4096, 4097, 239_237] {
+            let mut b = ImageBuf::with_capacity(n);
+            let bytes: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+            b.extend_from_slice(&bytes);
+            assert_eq!(b.as_slice(), &bytes[..]);
+            assert_eq!(
+                b.as_slice().as_ptr() as usize % IMAGE_BUF_ALIGN,
+                0,
+                "{n} bytes"
+            );
+            assert_eq!(
+                b.aligned_len(),
+                n / IMAGE_BUF_ALIGN * IMAGE_BUF_ALIGN,
+                "{n} bytes"
+            );
+        }
+        // Grown past its capacity, it moves: the bytes stay right, and direct I/O is used only
+        // if the new start happens to be aligned.
+        let mut b = ImageBuf::with_capacity(10);
+        let bytes = vec![7u8; 3 * IMAGE_BUF_ALIGN + 5];
+        b.extend_from_slice(&bytes);
+        assert_eq!(b.as_slice(), &bytes[..]);
+        let aligned = (b.as_slice().as_ptr() as usize).is_multiple_of(IMAGE_BUF_ALIGN);
+        assert_eq!(
+            b.aligned_len(),
+            if aligned { 3 * IMAGE_BUF_ALIGN } else { 0 }
+        );
+        let v = ImageBuf::from(vec![1, 2, 3]);
+        assert_eq!((v.len(), v.as_slice()), (3, &[1u8, 2, 3][..]));
+    }
 
     #[test]
     fn secrets_never_print() {

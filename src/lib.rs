@@ -6,7 +6,13 @@
 //! - [`jobfile`]: the YAML job-file model, validation against the API's limits (with
 //!   `file:line:col`), expansion to items, item keys.
 //! - [`api`]: wire types shared by the client and the simulator: requests, answers, error codes
-//!   and their classes.
+//!   and their classes; the local clock and quota-day arithmetic.
+//! - [`client`]: HTTP to the API: token, submit, query, download; redaction of secrets.
+//! - [`scheduler`]: a run: the submit, poll and fetch loops under the account's limits, and the
+//!   store-and-archive maintenance of `verify` and the manifests.
+//! - [`store`]: batches, items, images, events and runs; the SQLite backend and its typed writes.
+//! - [`archive`]: the [`archive::Archive`] interface and its folder implementation; PNG
+//!   verification; atomic writes.
 //! - [`report`]: seeing a batch: the HTML gallery with thumbnails, exports, Prometheus metrics.
 //! - [`sim`]: the simulator: an axum router and `serve(listener, config, shutdown)`, with the real
 //!   limits, faults and expiring URLs.

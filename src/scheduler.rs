@@ -31,9 +31,10 @@ use tokio_util::task::TaskTracker;
 use crate::api::{
     ErrorClass, QueryData, SUB_ERR_CENSORED, SubmitRequest, TaskStatus, next_quota_reset, now_ms,
 };
-use crate::archive::{self, Archive, ArchiveError};
+use crate::archive::{self, Archive, ArchiveError, image_rel_path};
 use crate::client::{self, Client, ClientError};
-use crate::store::{FetchImage, ListedImage, PendingItem, Store, StoreError};
+use crate::jobfile::ArchivePolicy;
+use crate::store::{EventKind, FetchImage, ListedImage, PendingItem, Store, StoreError};
 
 mod pacer;
 use pacer::Pacer;
@@ -147,6 +148,8 @@ pub enum SchedulerError {
 #[derive(Debug, Clone)]
 struct Task {
     key: String,
+    /// Its batch (whose policy decides which images are kept).
+    batch: String,
     task_id: String,
     image_num: u8,
     /// When it was submitted (for tasks recovered from the store: when this run saw them).
@@ -375,7 +378,7 @@ impl State {
 struct Shared {
     store: Store,
     client: Arc<Client>,
-    archive: Archive,
+    archive: Arc<dyn Archive>,
     opts: RunOptions,
     state: Mutex<State>,
     wake_submit: Notify,
@@ -399,6 +402,8 @@ struct Shared {
     records: TaskTracker,
     /// The first error of an archive step, answered as a loop's error would be.
     record_err: Mutex<Option<SchedulerError>>,
+    /// Each batch's archive policy.
+    policies: Mutex<HashMap<String, ArchivePolicy>>,
 }
 
 fn backoff(attempt: u32, base: Duration, cap: Duration) -> Duration {
@@ -458,6 +463,23 @@ impl Shared {
         self.wake_all();
     }
 
+    /// The archive policy of a batch, read from the store once per run (a batch loaded while the
+    /// run goes on is read when first met).
+    async fn policy(&self, batch: &str) -> Result<ArchivePolicy, SchedulerError> {
+        if let Some(p) = self
+            .policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(batch)
+        {
+            return Ok(*p);
+        }
+        let all = self.store.batch_policies().await?;
+        let policy = all.get(batch).copied().unwrap_or_default();
+        *self.policies.lock().unwrap_or_else(|p| p.into_inner()) = all;
+        Ok(policy)
+    }
+
     fn note_error(&self, e: &ClientError) {
         if let Some(code) = e.code() {
             *self.state().summary_errors.entry(code).or_default() += 1;
@@ -469,7 +491,7 @@ impl Shared {
 pub async fn run(
     store: Store,
     client: Arc<Client>,
-    archive: Archive,
+    archive: Arc<dyn Archive>,
     opts: RunOptions,
     halt: CancellationToken,
 ) -> Result<RunSummary, SchedulerError> {
@@ -487,11 +509,11 @@ pub async fn run(
         opts.batches.clone()
     };
     for b in &batches {
-        let cleared = archive.clear_temp(b)?;
+        let cleared = archive.clear_temp(b).await?;
         if cleared > 0 {
             tracing::info!(batch = %b, files = cleared, "removed unfinished downloads");
         }
-        rewrite_manifest(&store, &archive, b).await?;
+        rewrite_manifest(&store, archive.as_ref(), b).await?;
     }
 
     let mut state = State {
@@ -506,6 +528,7 @@ pub async fn run(
         }
         state.running.insert(Task {
             key: t.key,
+            batch: t.batch,
             task_id: t.task_id,
             image_num: t.image_num,
             started: now
@@ -551,6 +574,7 @@ pub async fn run(
         opts,
         records: TaskTracker::new(),
         record_err: Mutex::new(None),
+        policies: Mutex::new(HashMap::new()),
     });
 
     let mut set = JoinSet::new();
@@ -626,7 +650,7 @@ pub async fn run(
 
     let batches_now = shared.opts.batches.clone();
     for b in &batches {
-        rewrite_manifest(&shared.store, &shared.archive, b).await?;
+        rewrite_manifest(&shared.store, shared.archive.as_ref(), b).await?;
     }
     let pending = shared
         .store
@@ -682,16 +706,59 @@ pub async fn run(
 /// large the batch), and puts back any missing sidecar.
 pub async fn rewrite_manifest(
     store: &Store,
-    archive: &Archive,
+    archive: &dyn Archive,
     batch: &str,
 ) -> Result<(), SchedulerError> {
-    let mut writer = archive.manifest_writer(batch)?;
+    let mut manifest = archive.manifest(batch)?;
     let mut records = store.image_records_stream(batch);
     while let Some(record) = records.try_next().await? {
-        writer.push(&record)?;
+        manifest.push(&record)?;
     }
-    writer.finish()?;
+    drop(records);
+    manifest.finish().await?;
     Ok(())
+}
+
+/// What [`verify`] found and did.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    /// Archived images checked.
+    pub checked: u64,
+    /// Of those, missing from the archive.
+    pub missing: u64,
+    /// Of those, with other bytes than recorded.
+    pub corrupt: u64,
+    /// Each problem, with its batch: requeued, so the next run downloads it again.
+    pub requeued: Vec<(String, archive::verify::Problem)>,
+    /// Leftover temp files removed.
+    pub temp_files_removed: usize,
+}
+
+/// Re-hashes every archived image of `batches` against the store, requeues what is missing or
+/// corrupt (the next run downloads it again with fresh URLs), clears leftover temp files and
+/// rewrites each manifest from the store.
+pub async fn verify(
+    store: &Store,
+    archive: &dyn Archive,
+    batches: &[String],
+) -> Result<Verified, SchedulerError> {
+    let mut out = Verified::default();
+    for batch in batches {
+        let records = store
+            .image_records_stream(batch)
+            .map_err(SchedulerError::from);
+        let check = archive::verify::check_batch(archive, batch, records).await?;
+        out.checked += check.checked;
+        out.missing += check.missing;
+        out.corrupt += check.corrupt;
+        for p in check.problems {
+            store.requeue_image(&p.item_key, p.index, p.reason).await?;
+            out.requeued.push((batch.clone(), p));
+        }
+        out.temp_files_removed += archive.clear_temp(batch).await?;
+        rewrite_manifest(store, archive, batch).await?;
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -985,6 +1052,7 @@ async fn handle_submit_answer(
             st.rate_strikes = 0;
             st.running.insert(Task {
                 key: item.key.clone(),
+                batch: item.batch.clone(),
                 task_id: data.task_id,
                 image_num: item.image_num,
                 started: now,
@@ -1084,7 +1152,7 @@ async fn handle_submit_answer(
                 .mark_submit_refused(&item.key, code, &msg, None, false)
                 .await?;
             s.store
-                .record_event(Some(&item.batch), None, "quota_parked", code, None)
+                .record_event(Some(&item.batch), None, EventKind::QuotaParked, code, None)
                 .await?;
             retry.attempts = item.attempts;
             retry.retry_at = None;
@@ -1271,7 +1339,12 @@ async fn poll_tasks(
     }
 }
 
-fn flatten_images(data: &QueryData, assumed_ttl: Duration) -> Vec<ListedImage> {
+/// The images of a successful answer, each kept or skipped by the batch's `policy`.
+fn flatten_images(
+    data: &QueryData,
+    assumed_ttl: Duration,
+    policy: ArchivePolicy,
+) -> Vec<ListedImage> {
     let now = now_ms();
     let mut out = Vec::new();
     for sub in &data.sub_task_result_list {
@@ -1287,6 +1360,7 @@ fn flatten_images(data: &QueryData, assumed_ttl: Duration) -> Vec<ListedImage> {
                 width: img.width,
                 height: img.height,
                 verdict: img.img_approve_conclusion,
+                keep: policy.keeps(img.img_approve_conclusion),
             });
         }
     }
@@ -1308,7 +1382,8 @@ async fn handle_query_answer(
     };
     match data.task_status {
         TaskStatus::Success => {
-            let images = flatten_images(&data, s.opts.assumed_url_ttl);
+            let policy = s.policy(&task.batch).await?;
+            let images = flatten_images(&data, s.opts.assumed_url_ttl, policy);
             if task.refresh {
                 s.store.refresh_urls(&task.key, &images).await?;
                 let mut st = s.state();
@@ -1587,22 +1662,15 @@ async fn fetch_loop(s: Arc<Shared>) -> Result<(), SchedulerError> {
 }
 
 async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerError> {
-    let rel = Archive::image_rel_path(&image.item_key, image.idx)?;
-    let dest = s.archive.resolve(&image.batch, &rel)?;
-    // A crash between the rename and the store's record leaves a complete, verified file: adopt it.
-    if dest.exists() {
-        let (path, size) = (dest.clone(), image.size);
-        let adopted = blocking(move || match archive::verify_png(&path, size) {
-            Ok(hashed) => Ok(Some(hashed)),
-            Err(_) => {
-                let _ = std::fs::remove_file(&path);
-                Ok(None)
-            }
-        })
-        .await?;
-        if let Some((sha, bytes)) = adopted {
-            return record_archived(s, &image, &rel, &sha, bytes).await;
-        }
+    let rel = image_rel_path(&image.item_key, image.idx)?;
+    // A crash between putting the file in place and the store's record leaves a complete,
+    // verified file: adopt it.
+    if let Some(stored) = s
+        .archive
+        .adopt(&image.batch, &image.item_key, image.idx, image.size)
+        .await?
+    {
+        return record_archived(s, &image, &stored.path, &stored.sha256, stored.bytes).await;
     }
     if image.url_expires_at <= now_ms() + EXPIRY_MARGIN_MS {
         return request_fresh_urls(s, image, "URL expired before download").await;
@@ -1610,20 +1678,12 @@ async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerEr
     let download = s.client.download(&image.url).await;
     let verified = match download {
         Ok(d) => {
-            // Decoding, fsync and rename block: off the async workers.
-            let (archive, batch, key) = (
-                s.archive.clone(),
-                image.batch.clone(),
-                image.item_key.clone(),
-            );
-            let (idx, size) = (image.idx, image.size);
-            blocking(move || {
-                archive
-                    .store_image(&batch, &key, idx, &d.body, size)
-                    .map(|_| (d.sha256, d.body.len() as u64))
-            })
-            .await
-            .map_err(DownloadFailure::Archive)
+            let bytes = d.body.len() as u64;
+            s.archive
+                .store_image(&image.batch, &image.item_key, image.idx, d.body, image.size)
+                .await
+                .map(|_| (d.sha256, bytes))
+                .map_err(DownloadFailure::Archive)
         }
         Err(e) => Err(DownloadFailure::Client(e)),
     };
@@ -1655,17 +1715,6 @@ async fn fetch_one(s: &Arc<Shared>, image: FetchImage) -> Result<(), SchedulerEr
             DownloadFailure::Client(e) => retry_fetch(s, image, &e.to_string()).await,
         },
     }
-}
-
-/// Runs blocking archive work (decoding, hashing, fsync, rename) on the blocking pool.
-async fn blocking<T, F>(f: F) -> Result<T, ArchiveError>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, ArchiveError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ArchiveError::Unsafe(format!("archive worker failed: {e}"))))
 }
 
 enum DownloadFailure {
@@ -1700,12 +1749,7 @@ async fn record_archived(
         .store
         .mark_archived(&image.item_key, image.idx, rel, sha, bytes as i64)
         .await?;
-    let archive = s.archive.clone();
-    blocking(move || {
-        archive.write_sidecar(&record)?;
-        archive.append_manifest(&record)
-    })
-    .await?;
+    s.archive.record(&record).await?;
     let mut st = s.state();
     st.archived += 1;
     st.fetch_owned.remove(&(image.item_key.clone(), image.idx));
@@ -1759,11 +1803,13 @@ async fn request_fresh_urls(
     st.url_refreshes += 1;
     let key = image.item_key.clone();
     let task_id = image.task_id.clone();
+    let batch = image.batch.clone();
     st.awaiting_urls.entry(key.clone()).or_default().push(image);
     if !st.running.contains_key(&key) {
         let now = Instant::now();
         st.running.insert(Task {
             key,
+            batch,
             task_id,
             image_num: 0,
             started: now,
@@ -1792,6 +1838,7 @@ mod tests {
         let started = now - Duration::from_secs(2);
         let task = Task {
             key: "k".into(),
+            batch: "b".into(),
             task_id: "1".into(),
             image_num: 1,
             started,
@@ -1844,6 +1891,7 @@ mod tests {
         // T = 4 s with a quarter spent waiting: at t = 2 s progress is (2 - 1) / 3 = 1/3.
         let task = Task {
             key: "k".into(),
+            batch: "b".into(),
             task_id: "1".into(),
             image_num: 1,
             started: now - Duration::from_secs(2),
@@ -1865,6 +1913,7 @@ mod tests {
     fn task(key: &str, due: Instant) -> Task {
         Task {
             key: key.into(),
+            batch: "b".into(),
             task_id: "1".into(),
             image_num: 1,
             started: due,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::run::StoreArgs;
 use super::{Exit, ExitError};
+use crate::archive::atomic;
 use crate::report::export::{self, Format};
 use crate::store::Store;
 
@@ -62,8 +63,8 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         export::write(&store, batch, format, args.bom, &mut out).await
     } else {
         let dest = args.out.clone();
-        let tmp = crate::report::temp_beside(&dest)
-            .map_err(|e| ExitError::new(Exit::Runtime, format!("{}: {e}", dest.display())))?;
+        let tmp = atomic::temp_for(&dest, None, atomic::Mode::Public)
+            .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
         let mut out = std::io::BufWriter::new(tmp);
         match export::write(&store, batch, format, args.bom, &mut out).await {
             Ok(n) => {
@@ -71,7 +72,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
                 let tmp = out
                     .into_inner()
                     .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
-                crate::report::persist(tmp, &dest, true)
+                atomic::commit(tmp, &dest, true)
                     .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
                 Ok(n)
             }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{Exit, ExitError};
-use crate::archive::Archive;
+use crate::archive::LocalArchive;
 use crate::client::{Client, ClientConfig, Credentials, Secret};
 use crate::scheduler::{self, Limits, RunOptions, RunSummary, StopReason};
 use crate::sim::{SimConfig, SimHandle};
@@ -161,7 +161,7 @@ pub async fn execute(
     let client = Arc::new(Client::new(
         ClientConfig::new(base_url),
         credentials,
-        Some(store.clone()),
+        Some(Arc::new(store.clone())),
     )?);
     let halt = CancellationToken::new();
     spawn_signal_handler(halt.clone());
@@ -176,7 +176,7 @@ pub async fn execute(
     let result = scheduler::run(
         store.clone(),
         client,
-        Archive::new(&args.archive),
+        Arc::new(LocalArchive::new(&args.archive)),
         opts,
         halt.clone(),
     )

@@ -18,7 +18,7 @@ use super::html::{self, esc, url_path};
 use super::thumb::{self, ThumbError, ThumbOutcome};
 use super::{Cell, Group, ReportError, RunRecord};
 use crate::api::Size;
-use crate::archive::{self, Archive};
+use crate::archive::{self, LocalArchive, atomic};
 use crate::store::{BatchStatus, ImageState, ItemState, Store};
 
 /// What to generate, and where.
@@ -136,7 +136,7 @@ struct PageFile {
 
 impl PageFile {
     fn create(dest: PathBuf) -> Result<PageFile, ReportError> {
-        let tmp = super::temp_beside(&dest).map_err(io_at("create a temp file for", &dest))?;
+        let tmp = atomic::temp_for(&dest, None, atomic::Mode::Public)?;
         Ok(PageFile {
             dest,
             file: BufWriter::new(tmp),
@@ -157,7 +157,7 @@ impl PageFile {
             .file
             .into_inner()
             .map_err(|e| io_at("write", &dest)(e.into_error()))?;
-        super::persist(tmp, &dest, true)
+        Ok(atomic::commit(tmp, &dest, true)?)
     }
 }
 
@@ -178,7 +178,7 @@ async fn batch_page(
     batch: &str,
     status: &BatchStatus,
 ) -> Result<BatchReport, ReportError> {
-    let archive = Archive::new(&opts.archive);
+    let archive = LocalArchive::new(&opts.archive);
     // Checks the name before it names folders.
     archive.batch_dir(batch)?;
     let dir = opts.out.join(batch);
@@ -266,7 +266,7 @@ async fn batch_page(
 /// Makes (or finds up to date) the thumbnail of an archived image.
 async fn make_thumb(
     pool: &thumb::ThumbPool,
-    archive: &Archive,
+    archive: &LocalArchive,
     thumbs: &Path,
     batch: &str,
     cell: &Cell,

@@ -13,6 +13,7 @@ use std::path::Path;
 use png::{BitDepth, ColorType, Transformations};
 
 use crate::api::Size;
+use crate::archive::atomic;
 
 /// `tEXt` keyword of the source description.
 const SOURCE_KEYWORD: &str = "RunnerThumbSource";
@@ -178,14 +179,15 @@ pub fn ensure(
         path: dest.display().to_string(),
         source,
     };
-    let tmp = super::temp_beside(dest).map_err(write_err)?;
+    let tmp = atomic::temp_for(dest, None, atomic::Mode::Public)
+        .map_err(|e| write_err(io::Error::other(e)))?;
     {
         let mut out = BufWriter::new(tmp.as_file());
         encode(&mut out, &thumb, &stamp).map_err(write_err)?;
         out.flush().map_err(write_err)?;
     }
     // No fsync: a thumbnail is remade from its source whenever it is missing or unreadable.
-    tmp.persist(dest).map_err(|e| write_err(e.error))?;
+    atomic::commit(tmp, dest, false).map_err(|e| write_err(io::Error::other(e)))?;
     Ok(ThumbOutcome::Made)
 }
 

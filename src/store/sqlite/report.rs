@@ -8,11 +8,13 @@ use futures::stream::BoxStream;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::{ImageState, Result, Store, StoreError, verdict_of, version_of};
-use crate::api::Size;
-use crate::report::{
-    Cell, CellImage, Column, ExportRow, Failure, Group, Pivot, RunRecord, TimelineBin, rfc3339_ms,
+use super::rows::{image_state_of, verdict_of, version_of};
+use super::{Result, SqliteStore};
+use crate::api::{Size, rfc3339_ms};
+use crate::store::views::{
+    Cell, CellImage, Column, ExportRow, Failure, Group, Pivot, RunRecord, TimelineBin,
 };
+use crate::store::{EventKind, ImageState, StoreError};
 
 /// Places every item of batch `?1` in the report's layout: its group (`grp_idx`: one per
 /// template; plain prompts grouped by the set of columns they have), its row (`row_idx`: the
@@ -59,7 +61,7 @@ WITH base AS (
     FROM firsts
 )";
 
-impl Store {
+impl SqliteStore {
     /// The templates of a batch with how many distinct (size, version, image_num, variant)
     /// columns each has, in file order: what the report decides its pivots from.
     pub async fn report_templates(&self, batch: &str) -> Result<Vec<(String, u32)>> {
@@ -165,12 +167,15 @@ impl Store {
     pub async fn report_timeline(&self, batch: &str) -> Result<Vec<TimelineBin>> {
         let rows = sqlx::query(
             "SELECT (at / 60000) * 60000 AS minute,
-                 SUM(kind = 'submitted') AS submitted, SUM(kind = 'finished') AS finished,
-                 SUM(kind = 'failed') AS failed
-             FROM events WHERE batch = ? AND kind IN ('submitted', 'finished', 'failed')
+                 SUM(kind = ?2) AS submitted, SUM(kind = ?3) AS finished,
+                 SUM(kind = ?4) AS failed
+             FROM events WHERE batch = ?1 AND kind IN (?2, ?3, ?4)
              GROUP BY minute ORDER BY minute",
         )
         .bind(batch)
+        .bind(EventKind::Submitted.as_str())
+        .bind(EventKind::Finished.as_str())
+        .bind(EventKind::Failed.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -215,8 +220,9 @@ impl Store {
     pub async fn images_submitted_since(&self, since_ms: i64) -> Result<i64> {
         Ok(sqlx::query_scalar(
             "SELECT COALESCE(SUM(i.image_num), 0) FROM events e JOIN items i ON i.key = e.item_key
-             WHERE e.kind = 'submitted' AND e.at >= ?",
+             WHERE e.kind = ? AND e.at >= ?",
         )
+        .bind(EventKind::Submitted.as_str())
         .bind(since_ms)
         .fetch_one(&self.pool)
         .await?)
@@ -231,10 +237,11 @@ impl Store {
                  i.tags, i.vars, i.template, m.error, i.submitted_at, i.finished_at, m.archived_at,
                  m.url_expires_at
              FROM images m JOIN items i ON i.key = m.item_key
-             WHERE m.state != 'listed' AND (?1 IS NULL OR i.batch = ?1)
+             WHERE m.state != ?2 AND (?1 IS NULL OR i.batch = ?1)
              ORDER BY i.batch, i.seq, m.idx",
         )
         .bind(batch.map(str::to_owned))
+        .bind(ImageState::Listed.as_str())
         .fetch(&self.pool)
         .map(|row| export_row_of(&row?))
         .boxed()
@@ -277,7 +284,7 @@ fn cell_of(r: &SqliteRow) -> Result<Cell> {
         None => None,
         Some(idx) => Some(CellImage {
             index: idx as u32,
-            state: r.get::<String, _>("image_state").parse()?,
+            state: image_state_of(&r.get::<String, _>("image_state"))?,
             verdict: verdict_of(r)?,
             path: r.get("path"),
             sha256: r.get("sha256"),
@@ -315,7 +322,7 @@ fn run_of(r: &SqliteRow) -> RunRecord {
 fn export_row_of(r: &SqliteRow) -> Result<ExportRow> {
     let batch: String = r.get("batch");
     let time = |col: &str| r.get::<Option<i64>, _>(col).map(rfc3339_ms);
-    let state: ImageState = r.get::<String, _>("state").parse()?;
+    let state = image_state_of(&r.get::<String, _>("state"))?;
     Ok(ExportRow {
         path: r
             .get::<Option<String>, _>("path")
@@ -354,7 +361,7 @@ mod tests {
     use super::*;
     use crate::api::{Verdict, Version};
     use crate::jobfile::{ArchivePolicy, Item, Origin};
-    use crate::store::ListedImage;
+    use crate::store::{ListedImage, Store};
     use futures::TryStreamExt;
 
     fn item(
@@ -482,6 +489,7 @@ mod tests {
             width: 512,
             height: 512,
             verdict,
+            keep: ArchivePolicy::default().keeps(verdict),
         };
         store
             .mark_succeeded(
@@ -583,6 +591,7 @@ mod tests {
                     width: 512,
                     height: 512,
                     verdict: Verdict::Review,
+                    keep: true,
                 }],
             )
             .await
