@@ -1749,7 +1749,7 @@ async fn record_archived(
         .store
         .mark_archived(&image.item_key, image.idx, rel, sha, bytes as i64)
         .await?;
-    s.archive.record(&record).await?;
+    s.archive.record(record).await?;
     let mut st = s.state();
     st.archived += 1;
     st.fetch_owned.remove(&(image.item_key.clone(), image.idx));

@@ -302,21 +302,17 @@ impl LocalArchive {
         }
     }
 
-    /// The image in place, when it verifies as `size`; one that does not is removed.
-    fn adopt_now(&self, batch: &str, key: &str, idx: u32, size: Size) -> Result<Option<Stored>> {
-        let rel = image_rel_path(key, idx)?;
-        let dest = self.resolve(batch, &rel)?;
-        if !dest.exists() {
-            return Ok(None);
-        }
-        match verify_png(&dest, size) {
+    /// The image at `dest` (`rel` in its batch), when it verifies as `size`; one that does not
+    /// is removed.
+    fn adopt_now(dest: &Path, rel: String, size: Size) -> Result<Option<Stored>> {
+        match verify_png(dest, size) {
             Ok((sha256, bytes)) => Ok(Some(Stored {
                 path: rel,
                 sha256,
                 bytes,
             })),
             Err(_) => {
-                let _ = fs::remove_file(&dest);
+                let _ = fs::remove_file(dest);
                 Ok(None)
             }
         }
@@ -357,8 +353,16 @@ impl Archive for LocalArchive {
         idx: u32,
         size: Size,
     ) -> BoxFuture<'a, Result<Option<Stored>>> {
-        let (batch, key) = (batch.to_owned(), key.to_owned());
-        self.blocking(move |a| a.adopt_now(&batch, &key, idx, size))
+        // Nearly always there is nothing to adopt: that is known from one look, on this thread;
+        // only a file found goes to the blocking pool to be read and verified.
+        let found = image_rel_path(key, idx).and_then(|rel| {
+            let dest = self.resolve(batch, &rel)?;
+            Ok(dest.exists().then_some((dest, rel)))
+        });
+        match found {
+            Ok(Some((dest, rel))) => self.blocking(move |_| Self::adopt_now(&dest, rel, size)),
+            other => futures::future::ready(other.map(|_| None)).boxed(),
+        }
     }
 
     fn store_image<'a>(
@@ -373,8 +377,7 @@ impl Archive for LocalArchive {
         self.blocking(move |a| a.store_image_now(&batch, &key, idx, &image, size))
     }
 
-    fn record<'a>(&'a self, record: &'a ImageRecord) -> BoxFuture<'a, Result<()>> {
-        let record = record.clone();
+    fn record(&self, record: ImageRecord) -> BoxFuture<'_, Result<()>> {
         self.blocking(move |a| {
             a.write_sidecar(&record)?;
             a.append_manifest(&record)

@@ -158,7 +158,7 @@ pub trait Archive: Send + Sync + fmt::Debug {
 
     /// Writes what is known of an image in place: its sidecar, and its line at the end of the
     /// batch's manifest.
-    fn record<'a>(&'a self, record: &'a ImageRecord) -> BoxFuture<'a, Result<()>>;
+    fn record(&self, record: ImageRecord) -> BoxFuture<'_, Result<()>>;
 
     /// A new manifest for `batch`, to be filled from the store's records in order.
     fn manifest<'a>(&'a self, batch: &'a str) -> Result<Box<dyn ManifestSink + 'a>>;

@@ -8,7 +8,7 @@ use futures::stream::BoxStream;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use super::rows::{image_state_of, verdict_of, version_of};
+use super::rows::{image_state_of, json_map, verdict_of, version_of};
 use super::{Result, SqliteStore};
 use crate::api::{Size, rfc3339_ms};
 use crate::store::views::{
@@ -250,11 +250,6 @@ impl SqliteStore {
 
 fn pivot_json(pivots: &BTreeMap<String, String>) -> String {
     serde_json::to_string(pivots).unwrap_or_else(|_| "{}".into())
-}
-
-fn json_map(r: &SqliteRow, col: &str) -> Result<BTreeMap<String, String>> {
-    serde_json::from_str(&r.get::<String, _>(col))
-        .map_err(|e| StoreError::Invalid(format!("{col}: {e}")))
 }
 
 fn column_of(r: &SqliteRow) -> Result<Column> {

@@ -54,11 +54,14 @@ pub(super) fn fetch_image_of(r: &SqliteRow) -> Result<FetchImage> {
     })
 }
 
+/// A JSON object of strings stored in `col` (tags, vars).
+pub(super) fn json_map(r: &SqliteRow, col: &str) -> Result<BTreeMap<String, String>> {
+    serde_json::from_str(&r.get::<String, _>(col))
+        .map_err(|e| StoreError::Invalid(format!("{col}: {e}")))
+}
+
 pub(super) fn record_of(r: &SqliteRow) -> Result<ImageRecord> {
-    let json = |col: &str| -> Result<BTreeMap<String, String>> {
-        serde_json::from_str(&r.get::<String, _>(col))
-            .map_err(|e| StoreError::Invalid(format!("{col}: {e}")))
-    };
+    let json = |col| json_map(r, col);
     Ok(ImageRecord {
         path: r.get("path"),
         sha256: r.get("sha256"),

@@ -71,7 +71,7 @@ impl Transition<'_> {
                     q.push_bind(v);
                 }
                 Val::Text(v) => {
-                    q.push_bind(v.map(str::to_owned));
+                    q.push_bind(v);
                 }
                 Val::Expr(e) => {
                     q.push(e);
@@ -85,7 +85,7 @@ impl Transition<'_> {
                 }
             }
         }
-        q.push(" WHERE key = ").push_bind(self.key.to_owned());
+        q.push(" WHERE key = ").push_bind(self.key);
         q.push(" AND state IN (");
         let mut states = q.separated(", ");
         for st in self.from {
