@@ -24,7 +24,7 @@ use std::time::Instant;
 use runner::api::{Size, Version};
 use runner::jobfile::{ArchivePolicy, Item, Origin};
 use runner::report::{self, ReportOptions, export};
-use runner::store::Store;
+use runner::store;
 use sha2::Digest;
 
 const BATCH: &str = "bench";
@@ -110,7 +110,7 @@ fn value<'a>(args: &'a [String], name: &str) -> Option<&'a String> {
 
 /// One step in this process; prints `seconds peak_kib result`.
 async fn child(step: &str, dir: &Path) {
-    let store = Store::open_read_only(&dir.join("runner.db"))
+    let store = store::open_read_only(&dir.join("runner.db"))
         .await
         .expect("store");
     let start = Instant::now();
@@ -123,7 +123,9 @@ async fn child(step: &str, dir: &Path) {
                 thumb_side: 256,
                 jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             };
-            let s = report::generate(&store, &opts).await.expect("report");
+            let s = report::generate(store.as_ref(), &opts)
+                .await
+                .expect("report");
             let b = &s.batches[0];
             let page = std::fs::metadata(&b.page).map(|m| m.len()).unwrap_or(0);
             format!(
@@ -143,7 +145,7 @@ async fn child(step: &str, dir: &Path) {
             let path = dir.join(format!("{step}.out"));
             let mut out =
                 std::io::BufWriter::new(std::fs::File::create(&path).expect("export file"));
-            let n = export::write(&store, None, format, false, &mut out)
+            let n = export::write(store.as_ref(), None, format, false, &mut out)
                 .await
                 .expect("export");
             drop(out);
@@ -246,7 +248,7 @@ async fn make_store(dir: &Path, n: usize) {
         })
         .collect();
     {
-        let store = Store::open(&db).await.expect("store");
+        let store = store::open(&db).await.expect("store");
         store
             .load_items(BATCH, ArchivePolicy::default(), "bench.yaml", &items)
             .await

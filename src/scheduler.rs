@@ -376,7 +376,7 @@ impl State {
 }
 
 struct Shared {
-    store: Store,
+    store: Arc<dyn Store>,
     client: Arc<Client>,
     archive: Arc<dyn Archive>,
     opts: RunOptions,
@@ -489,7 +489,7 @@ impl Shared {
 
 /// Runs the batches until done, stopped, or out of quota.
 pub async fn run(
-    store: Store,
+    store: Arc<dyn Store>,
     client: Arc<Client>,
     archive: Arc<dyn Archive>,
     opts: RunOptions,
@@ -513,7 +513,7 @@ pub async fn run(
         if cleared > 0 {
             tracing::info!(batch = %b, files = cleared, "removed unfinished downloads");
         }
-        rewrite_manifest(&store, archive.as_ref(), b).await?;
+        rewrite_manifest(store.as_ref(), archive.as_ref(), b).await?;
     }
 
     let mut state = State {
@@ -650,7 +650,7 @@ pub async fn run(
 
     let batches_now = shared.opts.batches.clone();
     for b in &batches {
-        rewrite_manifest(&shared.store, shared.archive.as_ref(), b).await?;
+        rewrite_manifest(shared.store.as_ref(), shared.archive.as_ref(), b).await?;
     }
     let pending = shared
         .store
@@ -705,7 +705,7 @@ pub async fn run(
 /// Rewrites a batch's manifest from the store, record by record (memory stays flat however
 /// large the batch), and puts back any missing sidecar.
 pub async fn rewrite_manifest(
-    store: &Store,
+    store: &dyn Store,
     archive: &dyn Archive,
     batch: &str,
 ) -> Result<(), SchedulerError> {
@@ -738,7 +738,7 @@ pub struct Verified {
 /// corrupt (the next run downloads it again with fresh URLs), clears leftover temp files and
 /// rewrites each manifest from the store.
 pub async fn verify(
-    store: &Store,
+    store: &dyn Store,
     archive: &dyn Archive,
     batches: &[String],
 ) -> Result<Verified, SchedulerError> {
@@ -788,7 +788,7 @@ impl Feed {
     /// The next item ready now, or the time the earliest deferred one becomes ready.
     async fn next(
         &mut self,
-        store: &Store,
+        store: &dyn Store,
         batches: &[String],
     ) -> Result<Result<PendingItem, Option<i64>>, StoreError> {
         let now = now_ms();
@@ -891,7 +891,7 @@ async fn submit_items(
         for item in requeued {
             feed.defer(item);
         }
-        let next = feed.next(&s.store, &s.opts.batches).await?;
+        let next = feed.next(s.store.as_ref(), &s.opts.batches).await?;
         let item = match next {
             Ok(item) => item,
             Err(earliest) => {
@@ -1963,7 +1963,7 @@ mod tests {
     #[tokio::test]
     async fn an_item_deferred_again_waits_for_its_latest_backoff() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let store = crate::store::open(&dir.path().join("s.db")).await.unwrap();
         let mut feed = Feed {
             cursor: None,
             page: VecDeque::new(),
@@ -1987,7 +1987,7 @@ mod tests {
         feed.defer(item(now - 1_000));
         feed.defer(item(now + 60_000));
         // The older entry is due, but the item's latest backoff is not over.
-        match feed.next(&store, &[]).await.unwrap() {
+        match feed.next(store.as_ref(), &[]).await.unwrap() {
             Err(Some(at)) => assert_eq!(at, now + 60_000),
             other => panic!("released early: {other:?}"),
         }

@@ -419,9 +419,7 @@ async fn without_credentials_the_error_names_every_way_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_the_same_store_is_refused_with_exit_4() {
     let env = Env::new(quick_sim()).await;
-    let _held = runner::store::Store::open(&env.db)
-        .await
-        .expect("open store");
+    let _held = runner::store::open(&env.db).await.expect("open store");
     let job = env.write("job.yaml", &mixed_job("busy", 2));
     let out = env.run(&["submit", job.to_str().unwrap()]).await;
     assert_exit(&out, 4);

@@ -7,7 +7,6 @@ use super::run::StoreArgs;
 use super::{Exit, ExitError};
 use crate::archive::atomic;
 use crate::report::export::{self, Format};
-use crate::store::Store;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -41,7 +40,7 @@ pub struct Args {
 
 /// Runs `runner export`.
 pub async fn run(args: Args) -> anyhow::Result<Exit> {
-    let store = Store::open_read_only(&args.store.db)
+    let store = crate::store::open_read_only(&args.store.db)
         .await
         .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
     if let Some(b) = &args.batch
@@ -60,13 +59,13 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     let batch = args.batch.as_deref();
     let written = if args.out.as_os_str() == "-" {
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-        export::write(&store, batch, format, args.bom, &mut out).await
+        export::write(store.as_ref(), batch, format, args.bom, &mut out).await
     } else {
         let dest = args.out.clone();
         let tmp = atomic::temp_for(&dest, None, atomic::Mode::Public)
             .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
         let mut out = std::io::BufWriter::new(tmp);
-        match export::write(&store, batch, format, args.bom, &mut out).await {
+        match export::write(store.as_ref(), batch, format, args.bom, &mut out).await {
             Ok(n) => {
                 out.flush()?;
                 let tmp = out

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use super::run::StoreArgs;
 use super::{Exit, ExitError};
 use crate::report::{self, ReportOptions};
-use crate::store::Store;
 
 /// Write a self-contained HTML report: per batch a grid of thumbnails grouped by the job file's
 /// templates, sizes and variants, each with its verdict, prompt, size and tags; failed and
@@ -35,7 +34,7 @@ pub struct Args {
 
 /// Runs `runner report`.
 pub async fn run(args: Args) -> anyhow::Result<Exit> {
-    let store = Store::open_read_only(&args.store.db)
+    let store = crate::store::open_read_only(&args.store.db)
         .await
         .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
     let opts = ReportOptions {
@@ -45,7 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         thumb_side: args.thumb_size,
         jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    let summary = match report::generate(&store, &opts).await {
+    let summary = match report::generate(store.as_ref(), &opts).await {
         Ok(s) => s,
         Err(e) if e.is_invalid_input() => {
             return Err(ExitError::new(

@@ -98,8 +98,8 @@ struct JsonSummary<'a> {
 }
 
 /// Opens the store for a run; a busy store is exit 4, a foreign or damaged one exit 1.
-pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
-    match Store::open(&args.db).await {
+pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    match crate::store::open(&args.db).await {
         Ok(s) => Ok(s),
         Err(e) if e.is_busy() => Err(ExitError::new(Exit::WorkRemaining, e.to_string()).into()),
         Err(e) => Err(ExitError::new(Exit::Runtime, e.to_string()).into()),
@@ -109,7 +109,7 @@ pub async fn open_store(args: &StoreArgs) -> anyhow::Result<Store> {
 /// Runs the store's unfinished work for `batches` (all when empty) and reports.
 pub async fn execute(
     args: &RunArgs,
-    store: Store,
+    store: Arc<dyn Store>,
     batches: Vec<String>,
     loaded: Vec<(String, LoadSummary)>,
 ) -> anyhow::Result<Exit> {
@@ -161,7 +161,7 @@ pub async fn execute(
     let client = Arc::new(Client::new(
         ClientConfig::new(base_url),
         credentials,
-        Some(Arc::new(store.clone())),
+        Some(store.clone()),
     )?);
     let halt = CancellationToken::new();
     spawn_signal_handler(halt.clone());
@@ -195,7 +195,7 @@ pub async fn execute(
                 Exit::WorkRemaining,
                 format!(
                     "the store {} is locked by another program ({e}); the run stopped with work remaining: run `runner resume` once it is free",
-                    store.path().display()
+                    store.location()
                 ),
             )
             .into());
@@ -205,7 +205,7 @@ pub async fn execute(
                 .end_run(run_id, Exit::Runtime as i32, &e.to_string())
                 .await;
             crate::report::metrics::write_after_run(
-                &store,
+                store.as_ref(),
                 args.metrics.as_deref(),
                 Exit::Runtime as i32,
                 None,
@@ -232,7 +232,7 @@ pub async fn execute(
         println!("{}", serde_json::to_string(&out)?);
     }
     crate::report::metrics::write_after_run(
-        &store,
+        store.as_ref(),
         args.metrics.as_deref(),
         exit as i32,
         Some(summary.elapsed_secs),
@@ -353,7 +353,7 @@ async fn wait_for_signal() {
 
 /// Progress: one redrawn line on a terminal, a log line every 10 s otherwise.
 fn spawn_progress(
-    store: Store,
+    store: Arc<dyn Store>,
     batches: Vec<String>,
     stop: CancellationToken,
 ) -> CancellationToken {

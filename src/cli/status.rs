@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::run::StoreArgs;
 use super::{Exit, ExitError};
-use crate::store::{BatchStatus, Store};
+use crate::store::BatchStatus;
 
 /// Items by state, images by outcome and verdict, failures by class, per batch. Works while a run
 /// is going on (read-only).
@@ -39,7 +39,7 @@ pub struct StatusDoc {
 
 /// Runs `runner status`.
 pub async fn run(args: Args) -> anyhow::Result<Exit> {
-    let store = Store::open_read_only(&args.store.db)
+    let store = crate::store::open_read_only(&args.store.db)
         .await
         .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
     let mut batches = store.status().await?;
@@ -78,9 +78,12 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
         println!("  verdicts: {}", fmt_counts(&b.verdicts));
         if !b.failed_by_class.is_empty() {
             println!("  failed by class: {}", fmt_counts(&b.failed_by_class));
-            for (key, prompt, class, code, msg) in store.failures(&b.batch).await?.iter().take(10) {
-                let code = code.map(|c| format!(" {c}")).unwrap_or_default();
-                println!("    {key} [{class}{code}] {msg}: {prompt}");
+            for f in store.failures(&b.batch).await?.iter().take(10) {
+                let code = f.code.map(|c| format!(" {c}")).unwrap_or_default();
+                println!(
+                    "    {} [{}{code}] {}: {}",
+                    f.key, f.class, f.message, f.prompt
+                );
             }
         }
         if b.ambiguous_items > 0 {

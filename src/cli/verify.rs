@@ -32,7 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<Exit> {
     if !args.batches.is_empty() {
         batches.retain(|b| args.batches.contains(b));
     }
-    let report = scheduler::verify(&store, &archive, &batches)
+    let report = scheduler::verify(store.as_ref(), &archive, &batches)
         .await
         .map_err(|e| ExitError::new(Exit::Runtime, e.to_string()))?;
     for (batch, p) in &report.requeued {

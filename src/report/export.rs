@@ -124,7 +124,7 @@ pub fn json_line(row: &ExportRow) -> String {
 /// `bom` starts a CSV with a UTF-8 byte-order mark (for spreadsheets that otherwise guess a
 /// legacy encoding for the Chinese text).
 pub async fn write(
-    store: &Store,
+    store: &dyn Store,
     batch: Option<&str>,
     format: Format,
     bom: bool,

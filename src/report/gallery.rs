@@ -72,7 +72,10 @@ const FLUSH_BYTES: usize = 256 * 1024;
 const MAX_TIMELINE_BINS: usize = 720;
 
 /// Writes the report: a page per batch (or for `opts.batch` alone) and the top-level index.
-pub async fn generate(store: &Store, opts: &ReportOptions) -> Result<ReportSummary, ReportError> {
+pub async fn generate(
+    store: &dyn Store,
+    opts: &ReportOptions,
+) -> Result<ReportSummary, ReportError> {
     let all = store.batches().await?;
     let chosen: Vec<String> = match &opts.batch {
         Some(b) if !all.contains(b) => return Err(ReportError::NoSuchBatch(b.clone())),
@@ -173,7 +176,7 @@ pub(crate) enum Thumb {
 }
 
 async fn batch_page(
-    store: &Store,
+    store: &dyn Store,
     opts: &ReportOptions,
     batch: &str,
     status: &BatchStatus,

@@ -41,7 +41,7 @@ pub struct Snapshot {
 
 /// Reads the snapshot from the store at `now`.
 pub async fn snapshot(
-    store: &Store,
+    store: &dyn Store,
     last_run: Option<LastRun>,
     now: i64,
 ) -> Result<Snapshot, StoreError> {
@@ -266,7 +266,7 @@ pub fn render(s: &Snapshot) -> String {
 
 /// Reads the store and writes the metrics file atomically.
 pub async fn write(
-    store: &Store,
+    store: &dyn Store,
     path: &Path,
     last_run: Option<LastRun>,
 ) -> Result<(), ReportError> {
@@ -279,7 +279,7 @@ pub async fn write(
 /// stderr and does not change the run's exit code: the run itself is done, and the file's stale
 /// `runner_last_run_timestamp_seconds` shows it.
 pub async fn write_after_run(
-    store: &Store,
+    store: &dyn Store,
     path: Option<&Path>,
     exit_code: i32,
     duration_secs: Option<f64>,

@@ -188,3 +188,18 @@ pub struct ExportRow {
     /// When the image's URL expired or expires.
     pub url_expires_at: Option<String>,
 }
+
+/// A failed item with its reason, as `status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedItem {
+    /// Item key.
+    pub key: String,
+    /// Its prompt.
+    pub prompt: String,
+    /// Error class (empty when none was recorded).
+    pub class: String,
+    /// API error code, if any.
+    pub code: Option<i64>,
+    /// The reason.
+    pub message: String,
+}

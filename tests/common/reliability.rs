@@ -206,7 +206,7 @@ pub async fn item_rows(db: &Path, batch: &str) -> Vec<ItemRow> {
 
 /// What the store says of every image of `batch`, as the manifest writes it.
 pub async fn store_records(db: &Path, batch: &str) -> Vec<Value> {
-    let store = runner::store::Store::open_read_only(db)
+    let store = runner::store::open_read_only(db)
         .await
         .expect("open the store read-only");
     let records = store.image_records(batch).await.expect("image records");

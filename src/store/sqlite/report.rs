@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
@@ -14,7 +15,7 @@ use crate::api::{Size, rfc3339_ms};
 use crate::store::views::{
     Cell, CellImage, Column, ExportRow, Failure, Group, Pivot, RunRecord, TimelineBin,
 };
-use crate::store::{EventKind, ImageState, StoreError};
+use crate::store::{EventKind, ImageState, Reports, StoreError};
 
 /// Places every item of batch `?1` in the report's layout: its group (`grp_idx`: one per
 /// template; plain prompts grouped by the set of columns they have), its row (`row_idx`: the
@@ -61,89 +62,86 @@ WITH base AS (
     FROM firsts
 )";
 
-impl SqliteStore {
-    /// The templates of a batch with how many distinct (size, version, image_num, variant)
-    /// columns each has, in file order: what the report decides its pivots from.
-    pub async fn report_templates(&self, batch: &str) -> Result<Vec<(String, u32)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT template, COUNT(DISTINCT width || 'x' || height || ' ' || version || ' ' || image_num
-                 || ' ' || variant) FROM items
-             WHERE batch = ? AND template IS NOT NULL GROUP BY template ORDER BY MIN(seq)",
-        )
-        .bind(batch)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(t, n)| (t, n as u32)).collect())
-    }
-
-    /// The groups of a batch's report, in file order, each with its columns; a template named in
-    /// `pivots` (template → var) is pivoted on that var. Empty when the batch has no items.
-    pub async fn report_groups(
-        &self,
-        batch: &str,
-        pivots: &BTreeMap<String, String>,
-    ) -> Result<Vec<Group>> {
-        let sql = format!(
-            "{PLACED}
-            SELECT p.grp_idx, p.col_idx, p.pivot_value, i.template, i.width, i.height, i.version,
-                i.image_num, i.variant, COUNT(*) AS n, MAX(p.row_idx) AS max_row
-            FROM placed p JOIN items i ON i.key = p.key
-            GROUP BY p.grp_idx, p.col_idx ORDER BY p.grp_idx, p.col_idx"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+impl Reports for SqliteStore {
+    fn report_templates<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<Vec<(String, u32)>>> {
+        Box::pin(async move {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT template, COUNT(DISTINCT width || 'x' || height || ' ' || version || ' ' || image_num
+                     || ' ' || variant) FROM items
+                 WHERE batch = ? AND template IS NOT NULL GROUP BY template ORDER BY MIN(seq)",
+            )
             .bind(batch)
-            .bind(pivot_json(pivots))
             .fetch_all(&self.pool)
             .await?;
-        let mut groups: Vec<Group> = Vec::new();
-        for r in rows {
-            let idx = r.get::<i64, _>("grp_idx") as usize;
-            if groups.len() <= idx {
-                let template: Option<String> = r.get("template");
-                groups.push(Group {
-                    pivot: template
-                        .as_ref()
-                        .and_then(|t| pivots.get(t))
-                        .map(|var| Pivot {
-                            var: var.clone(),
-                            values: Vec::new(),
-                        }),
-                    template,
-                    columns: Vec::new(),
-                    rows: 0,
-                    items: 0,
-                });
-            }
-            let g = groups
-                .get_mut(idx)
-                .ok_or_else(|| StoreError::Invalid(format!("report group {idx} out of order")))?;
-            let column = column_of(&r)?;
-            match &mut g.pivot {
-                Some(p) => {
-                    p.values.push(
-                        r.get::<Option<String>, _>("pivot_value")
-                            .unwrap_or_default(),
-                    );
-                    if !g.columns.contains(&column) {
-                        g.columns.push(column);
-                    }
-                }
-                None => g.columns.push(column),
-            }
-            g.rows = g.rows.max(r.get::<i64, _>("max_row") as u32 + 1);
-            g.items += r.get::<i64, _>("n") as u32;
-        }
-        Ok(groups)
+            Ok(rows.into_iter().map(|(t, n)| (t, n as u32)).collect())
+        })
     }
 
-    /// Every item of a batch with its images (one [`Cell`] per image; one per item that has no
-    /// images yet or failed), in report order: group, row, column, image index. Streamed, so a
-    /// large batch is never held in memory.
-    pub fn report_cells(
-        &self,
-        batch: &str,
-        pivots: &BTreeMap<String, String>,
-    ) -> BoxStream<'_, Result<Cell>> {
+    fn report_groups<'a>(
+        &'a self,
+        batch: &'a str,
+        pivots: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, Result<Vec<Group>>> {
+        Box::pin(async move {
+            let sql = format!(
+                "{PLACED}
+                SELECT p.grp_idx, p.col_idx, p.pivot_value, i.template, i.width, i.height, i.version,
+                    i.image_num, i.variant, COUNT(*) AS n, MAX(p.row_idx) AS max_row
+                FROM placed p JOIN items i ON i.key = p.key
+                GROUP BY p.grp_idx, p.col_idx ORDER BY p.grp_idx, p.col_idx"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(batch)
+                .bind(pivot_json(pivots))
+                .fetch_all(&self.pool)
+                .await?;
+            let mut groups: Vec<Group> = Vec::new();
+            for r in rows {
+                let idx = r.get::<i64, _>("grp_idx") as usize;
+                if groups.len() <= idx {
+                    let template: Option<String> = r.get("template");
+                    groups.push(Group {
+                        pivot: template
+                            .as_ref()
+                            .and_then(|t| pivots.get(t))
+                            .map(|var| Pivot {
+                                var: var.clone(),
+                                values: Vec::new(),
+                            }),
+                        template,
+                        columns: Vec::new(),
+                        rows: 0,
+                        items: 0,
+                    });
+                }
+                let g = groups.get_mut(idx).ok_or_else(|| {
+                    StoreError::Invalid(format!("report group {idx} out of order"))
+                })?;
+                let column = column_of(&r)?;
+                match &mut g.pivot {
+                    Some(p) => {
+                        p.values.push(
+                            r.get::<Option<String>, _>("pivot_value")
+                                .unwrap_or_default(),
+                        );
+                        if !g.columns.contains(&column) {
+                            g.columns.push(column);
+                        }
+                    }
+                    None => g.columns.push(column),
+                }
+                g.rows = g.rows.max(r.get::<i64, _>("max_row") as u32 + 1);
+                g.items += r.get::<i64, _>("n") as u32;
+            }
+            Ok(groups)
+        })
+    }
+
+    fn report_cells<'a>(
+        &'a self,
+        batch: &'a str,
+        pivots: &'a BTreeMap<String, String>,
+    ) -> BoxStream<'a, Result<Cell>> {
         let sql = format!(
             "{PLACED}
             SELECT p.grp_idx, p.row_idx, p.col_idx, i.key, i.prompt, i.width, i.height, i.version,
@@ -162,75 +160,77 @@ impl SqliteStore {
             .boxed()
     }
 
-    /// Submits, finishes and failures of a batch per minute, from its event history, oldest
-    /// first; minutes without any are left out.
-    pub async fn report_timeline(&self, batch: &str) -> Result<Vec<TimelineBin>> {
-        let rows = sqlx::query(
-            "SELECT (at / 60000) * 60000 AS minute,
-                 SUM(kind = ?2) AS submitted, SUM(kind = ?3) AS finished,
-                 SUM(kind = ?4) AS failed
-             FROM events WHERE batch = ?1 AND kind IN (?2, ?3, ?4)
-             GROUP BY minute ORDER BY minute",
-        )
-        .bind(batch)
-        .bind(EventKind::Submitted.as_str())
-        .bind(EventKind::Finished.as_str())
-        .bind(EventKind::Failed.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| TimelineBin {
-                minute_ms: r.get("minute"),
-                submitted: r.get::<i64, _>("submitted") as u32,
-                finished: r.get::<i64, _>("finished") as u32,
-                failed: r.get::<i64, _>("failed") as u32,
-            })
-            .collect())
+    fn report_timeline<'a>(&'a self, batch: &'a str) -> BoxFuture<'a, Result<Vec<TimelineBin>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT (at / 60000) * 60000 AS minute,
+                     SUM(kind = ?2) AS submitted, SUM(kind = ?3) AS finished,
+                     SUM(kind = ?4) AS failed
+                 FROM events WHERE batch = ?1 AND kind IN (?2, ?3, ?4)
+                 GROUP BY minute ORDER BY minute",
+            )
+            .bind(batch)
+            .bind(EventKind::Submitted.as_str())
+            .bind(EventKind::Finished.as_str())
+            .bind(EventKind::Failed.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows
+                .iter()
+                .map(|r| TimelineBin {
+                    minute_ms: r.get("minute"),
+                    submitted: r.get::<i64, _>("submitted") as u32,
+                    finished: r.get::<i64, _>("finished") as u32,
+                    failed: r.get::<i64, _>("failed") as u32,
+                })
+                .collect())
+        })
     }
 
-    /// Runs that overlap the time span `[from_ms, to_ms]` (a run still going, or whose process
-    /// died, counts as open-ended), oldest first.
-    pub async fn runs_between(&self, from_ms: i64, to_ms: i64) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query(
-            "SELECT id, command, started_at, ended_at, exit_code FROM runs
-             WHERE started_at <= ?2 AND COALESCE(ended_at, ?2) >= ?1 ORDER BY started_at, id",
-        )
-        .bind(from_ms)
-        .bind(to_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(run_of).collect())
+    fn runs_between<'a>(
+        &'a self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> BoxFuture<'a, Result<Vec<RunRecord>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, command, started_at, ended_at, exit_code FROM runs
+                 WHERE started_at <= ?2 AND COALESCE(ended_at, ?2) >= ?1 ORDER BY started_at, id",
+            )
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(rows.iter().map(run_of).collect())
+        })
     }
 
-    /// The latest run record, if any.
-    pub async fn last_run(&self) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(
-            "SELECT id, command, started_at, ended_at, exit_code FROM runs
-             ORDER BY started_at DESC, id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(run_of))
+    fn last_run<'a>(&'a self) -> BoxFuture<'a, Result<Option<RunRecord>>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, command, started_at, ended_at, exit_code FROM runs
+                 ORDER BY started_at DESC, id DESC LIMIT 1",
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            Ok(row.as_ref().map(run_of))
+        })
     }
 
-    /// Images submitted since `since_ms` (the sum of `image_num` over answered submits), what
-    /// the API's daily quota counts. Submits that got no answer are not counted: the API may
-    /// have counted them too.
-    pub async fn images_submitted_since(&self, since_ms: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COALESCE(SUM(i.image_num), 0) FROM events e JOIN items i ON i.key = e.item_key
-             WHERE e.kind = ? AND e.at >= ?",
-        )
-        .bind(EventKind::Submitted.as_str())
-        .bind(since_ms)
-        .fetch_one(&self.pool)
-        .await?)
+    fn images_submitted_since<'a>(&'a self, since_ms: i64) -> BoxFuture<'a, Result<i64>> {
+        Box::pin(async move {
+            Ok(sqlx::query_scalar(
+                "SELECT COALESCE(SUM(i.image_num), 0) FROM events e JOIN items i ON i.key = e.item_key
+                 WHERE e.kind = ? AND e.at >= ?",
+            )
+            .bind(EventKind::Submitted.as_str())
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await?)
+        })
     }
 
-    /// Archived, skipped and lost images of one batch (or of every batch) with their items'
-    /// metadata, by batch and file order. Streamed.
-    pub fn export_rows(&self, batch: Option<&str>) -> BoxStream<'_, Result<ExportRow>> {
+    fn export_rows<'a>(&'a self, batch: Option<&'a str>) -> BoxStream<'a, Result<ExportRow>> {
         sqlx::query(
             "SELECT i.batch, m.item_key, m.idx, i.prompt, i.width, i.height, i.version,
                  i.image_num, i.variant, m.verdict, m.state, m.path, m.sha256, m.bytes, i.task_id,
@@ -356,7 +356,7 @@ mod tests {
     use super::*;
     use crate::api::{Verdict, Version};
     use crate::jobfile::{ArchivePolicy, Item, Origin};
-    use crate::store::{ListedImage, Store};
+    use crate::store::{ListedImage, Store as _};
     use futures::TryStreamExt;
 
     fn item(
@@ -411,9 +411,9 @@ mod tests {
         ]
     }
 
-    async fn store_with_job() -> (tempfile::TempDir, Store, Vec<Item>) {
+    async fn store_with_job() -> (tempfile::TempDir, SqliteStore, Vec<Item>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
         let items = job();
         store
             .load_items("b", ArchivePolicy::default(), "f", &items)

@@ -1,9 +1,11 @@
 //! Unit tests of the SQLite store.
 
 use super::*;
-use crate::api::{Size, Version};
+use std::collections::BTreeMap;
+
+use crate::api::{Size, Verdict, Version};
 use crate::jobfile::Origin;
-use crate::store::Store;
+use crate::store::{ImageState, ItemState, Queries, Store};
 use sqlx::sqlite::SqliteConnectOptions;
 
 fn item(batch: &str, n: u32, image_num: u8) -> Item {
@@ -39,21 +41,21 @@ fn listed(idx: u32, verdict: Verdict) -> ListedImage {
 async fn open_is_private_exclusive_and_refuses_foreign_files() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let store = Store::open(&path).await.unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
     }
-    let busy = Store::open(&path).await.unwrap_err();
+    let busy = SqliteStore::open(&path).await.unwrap_err();
     assert!(busy.is_busy(), "{busy}");
     assert!(
         busy.to_string()
             .contains("in use by another runner process")
     );
     // Read-only opening works beside the writer.
-    Store::open_read_only(&path)
+    SqliteStore::open_read_only(&path)
         .await
         .unwrap()
         .status()
@@ -61,11 +63,11 @@ async fn open_is_private_exclusive_and_refuses_foreign_files() {
         .unwrap();
     store.close().await;
     drop(store);
-    Store::open(&path).await.unwrap();
+    SqliteStore::open(&path).await.unwrap();
 
     let garbage = dir.path().join("garbage.db");
     std::fs::write(&garbage, vec![b'x'; 8192]).unwrap();
-    let e = Store::open(&garbage).await.unwrap_err();
+    let e = SqliteStore::open(&garbage).await.unwrap_err();
     assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
 
     let foreign = dir.path().join("foreign.db");
@@ -78,10 +80,10 @@ async fn open_is_private_exclusive_and_refuses_foreign_files() {
         pool.close().await;
     }
     let before = std::fs::read(&foreign).unwrap();
-    let e = Store::open(&foreign).await.unwrap_err();
+    let e = SqliteStore::open(&foreign).await.unwrap_err();
     assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
     assert!(e.to_string().contains("photos"));
-    let e = Store::open_read_only(&foreign).await.unwrap_err();
+    let e = SqliteStore::open_read_only(&foreign).await.unwrap_err();
     assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
     // Refused untouched: not switched to WAL (which rewrites the header), no WAL files.
     assert_eq!(std::fs::read(&foreign).unwrap(), before);
@@ -95,7 +97,7 @@ async fn a_damaged_store_is_refused_as_damaged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
     {
-        let store = Store::open(&path).await.unwrap();
+        let store = SqliteStore::open(&path).await.unwrap();
         let items: Vec<Item> = (0..200).map(|n| item("b", n, 1)).collect();
         store
             .load_items("b", ArchivePolicy::default(), "f.yaml", &items)
@@ -108,7 +110,7 @@ async fn a_damaged_store_is_refused_as_damaged() {
     assert!(bytes.len() >= 4 * page, "{} bytes", bytes.len());
     bytes[3 * page..4 * page].fill(0xff);
     std::fs::write(&path, bytes).unwrap();
-    let e = Store::open(&path).await.unwrap_err();
+    let e = SqliteStore::open(&path).await.unwrap_err();
     assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
     assert!(e.to_string().contains("restore it from a backup"), "{e}");
     assert!(!e.is_busy());
@@ -128,7 +130,7 @@ async fn connect_new(path: &Path) -> SqlitePool {
 #[tokio::test]
 async fn loading_twice_adds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
     let items: Vec<Item> = (0..5).map(|n| item("b", n, 1)).collect();
     let a = store
         .load_items("b", ArchivePolicy::default(), "f.yaml", &items)
@@ -176,7 +178,7 @@ async fn loading_twice_adds_nothing() {
 #[tokio::test]
 async fn the_item_lifecycle_and_policy() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
     let it = item("b", 1, 3);
     store
         .load_items(
@@ -242,7 +244,7 @@ async fn the_item_lifecycle_and_policy() {
 #[tokio::test]
 async fn interrupted_submits_are_recovered_as_ambiguous() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
     let items: Vec<Item> = (0..3).map(|n| item("b", n, 1)).collect();
     store
         .load_items("b", ArchivePolicy::default(), "f", &items)
@@ -260,7 +262,7 @@ async fn interrupted_submits_are_recovered_as_ambiguous() {
 #[tokio::test]
 async fn failures_are_requeued_by_class() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
     let items: Vec<Item> = (0..3).map(|n| item("b", n, 1)).collect();
     store
         .load_items("b", ArchivePolicy::default(), "f", &items)
@@ -290,7 +292,7 @@ async fn failures_are_requeued_by_class() {
 #[tokio::test]
 async fn token_cache_round_trip() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
     let now = now_ms();
     assert!(store.cached_token("u", "c", now).await.unwrap().is_none());
     store
