@@ -552,56 +552,15 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport(what, e))?;
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| transport(what, e))?;
-        if !status.is_success() {
-            // Some gateways put an API error in a non-200 answer; prefer it when it parses.
-            if let Ok(Envelope::<serde_json::Value> {
-                error_code: Some(code),
-                error_msg,
-                ..
-            }) = serde_json::from_slice(&bytes)
-            {
-                return Err(ClientError::Api {
-                    code,
-                    msg: error_msg.unwrap_or_default(),
-                    detail: None,
-                });
-            }
-            return Err(ClientError::Status {
-                status: status.as_u16(),
-                what,
-            });
-        }
-        let envelope: Envelope<T> =
-            serde_json::from_slice(&bytes).map_err(|e| ClientError::Malformed {
-                what,
-                detail: e.to_string(),
-            })?;
-        if let Some(code) = envelope.error_code.filter(|c| *c != 0) {
-            return Err(ClientError::Api {
-                code,
-                msg: envelope.error_msg.unwrap_or_default(),
-                detail: envelope.error_detail.map(|d| d.to_string()),
-            });
-        }
-        envelope.data.ok_or_else(|| ClientError::Malformed {
-            what,
-            detail: "neither data nor error_code".into(),
-        })
+        read_answer(what, status, &bytes)
     }
 
     /// Submits one task; returns its id.
     #[tracing::instrument(skip_all, fields(width = req.width, height = req.height, image_num = req.image_num))]
     pub async fn submit(&self, req: &SubmitRequest) -> Result<SubmitData, ClientError> {
-        let data: SubmitData = self.call(api::SUBMIT_PATH, "submit", req).await?;
-        if data.task_id.is_empty() || data.task_id == "0" {
-            return Err(ClientError::Malformed {
-                what: "submit",
-                detail: "empty task id".into(),
-            });
-        }
-        Ok(data)
+        check_task_id(self.call(api::SUBMIT_PATH, "submit", req).await?)
     }
 
     /// Queries one task.
@@ -634,17 +593,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| transport(WHAT, e))?;
-        let status = resp.status().as_u16();
-        if status == 403 || status == 410 {
-            return Err(ClientError::Expired { status });
-        }
-        if resp.status().is_redirection() {
-            // A redirect the policy did not follow: to another scheme, or one too many.
-            return Err(ClientError::BadUrl);
-        }
-        if !resp.status().is_success() {
-            return Err(ClientError::Status { status, what: WHAT });
-        }
+        check_download_status(resp.status().as_u16())?;
         let limit = self.config.max_image_bytes;
         let expected = resp.content_length();
         if expected.is_some_and(|n| n > limit) {
@@ -671,6 +620,103 @@ impl Client {
             sha256: hex::encode(hasher.finalize()),
             body,
         })
+    }
+}
+
+/// The API as the scheduler uses it: one submit, one query, one image download. [`Client`] speaks
+/// it over HTTP; tests may drive the scheduler over another transport.
+pub trait Api: Send + Sync + fmt::Debug {
+    /// Submits one task; returns its id.
+    fn submit<'a>(
+        &'a self,
+        req: &'a SubmitRequest,
+    ) -> BoxFuture<'a, Result<SubmitData, ClientError>>;
+    /// Queries one task.
+    fn query<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<QueryData, ClientError>>;
+    /// Downloads an image into memory, hashed.
+    fn download<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Downloaded, ClientError>>;
+}
+
+impl Api for Client {
+    fn submit<'a>(
+        &'a self,
+        req: &'a SubmitRequest,
+    ) -> BoxFuture<'a, Result<SubmitData, ClientError>> {
+        Box::pin(Client::submit(self, req))
+    }
+
+    fn query<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<QueryData, ClientError>> {
+        Box::pin(Client::query(self, task_id))
+    }
+
+    fn download<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Downloaded, ClientError>> {
+        Box::pin(Client::download(self, url))
+    }
+}
+
+/// Reads an answer of submit or query (`what`) that came with HTTP `status`: its `data`, or the
+/// error it carries, classified.
+pub fn read_answer<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    status: u16,
+    bytes: &[u8],
+) -> Result<T, ClientError> {
+    if !(200..300).contains(&status) {
+        // Some gateways put an API error in a non-200 answer; prefer it when it parses.
+        if let Ok(Envelope::<serde_json::Value> {
+            error_code: Some(code),
+            error_msg,
+            ..
+        }) = serde_json::from_slice(bytes)
+        {
+            return Err(ClientError::Api {
+                code,
+                msg: error_msg.unwrap_or_default(),
+                detail: None,
+            });
+        }
+        return Err(ClientError::Status { status, what });
+    }
+    let envelope: Envelope<T> =
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Malformed {
+            what,
+            detail: e.to_string(),
+        })?;
+    if let Some(code) = envelope.error_code.filter(|c| *c != 0) {
+        return Err(ClientError::Api {
+            code,
+            msg: envelope.error_msg.unwrap_or_default(),
+            detail: envelope.error_detail.map(|d| d.to_string()),
+        });
+    }
+    envelope.data.ok_or_else(|| ClientError::Malformed {
+        what,
+        detail: "neither data nor error_code".into(),
+    })
+}
+
+/// A submit answer's data, refused when its task id is empty (no task to poll).
+pub fn check_task_id(data: SubmitData) -> Result<SubmitData, ClientError> {
+    if data.task_id.is_empty() || data.task_id == "0" {
+        return Err(ClientError::Malformed {
+            what: "submit",
+            detail: "empty task id".into(),
+        });
+    }
+    Ok(data)
+}
+
+/// What the HTTP status of an image download says: expired (403, 410), a redirect the policy did
+/// not follow (to another scheme, or one too many), another failure, or go on.
+pub fn check_download_status(status: u16) -> Result<(), ClientError> {
+    match status {
+        403 | 410 => Err(ClientError::Expired { status }),
+        300..=399 => Err(ClientError::BadUrl),
+        200..=299 => Ok(()),
+        _ => Err(ClientError::Status {
+            status,
+            what: "image download",
+        }),
     }
 }
 

@@ -32,7 +32,7 @@ use crate::api::{
     ErrorClass, QueryData, SUB_ERR_CENSORED, SubmitRequest, TaskStatus, next_quota_reset, now_ms,
 };
 use crate::archive::{self, Archive, ArchiveError, image_rel_path};
-use crate::client::{self, Client, ClientError};
+use crate::client::{self, Api, ClientError};
 use crate::jobfile::ArchivePolicy;
 use crate::store::{EventKind, FetchImage, ListedImage, PendingItem, Store, StoreError};
 
@@ -237,7 +237,7 @@ impl State {
 
 struct Shared {
     pub(super) store: Arc<dyn Store>,
-    pub(super) client: Arc<Client>,
+    pub(super) client: Arc<dyn Api>,
     pub(super) archive: Arc<dyn Archive>,
     pub(super) opts: RunOptions,
     pub(super) state: Mutex<State>,
@@ -334,7 +334,7 @@ impl Shared {
 /// Runs the batches until done, stopped, or out of quota.
 pub async fn run(
     store: Arc<dyn Store>,
-    client: Arc<Client>,
+    client: Arc<dyn Api>,
     archive: Arc<dyn Archive>,
     opts: RunOptions,
     halt: CancellationToken,
@@ -453,6 +453,7 @@ pub async fn run(
         let s = shared.clone();
         set.spawn(async move {
             tokio::select! {
+                biased;
                 _ = s.halt.cancelled() => {
                     s.state().stop.get_or_insert(StopReason::Interrupted);
                     // Loops finish what is in flight and leave; the timers need not wait.
@@ -521,8 +522,10 @@ pub async fn run(
         .map(|s| s.images.get("lost").copied().unwrap_or(0))
         .sum();
     let st = shared.state();
+    // A halt decides, whichever the watcher saw first: the halt or the end of the work it caused.
     let stop = match st.stop {
         Some(s) => s,
+        None if shared.halt.is_cancelled() => StopReason::Interrupted,
         None if st.quota_parked && pending > 0 => StopReason::QuotaParked,
         None => StopReason::Finished,
     };
@@ -545,3 +548,6 @@ pub async fn run(
         elapsed_secs: started.elapsed().as_secs_f64(),
     })
 }
+
+#[cfg(test)]
+mod tests;

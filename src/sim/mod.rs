@@ -58,6 +58,31 @@ pub use stats::{ItemSubmits, Stats, TaskRecord};
 
 use state::Sim;
 
+/// A simulator without a socket: its router answers requests in this process, so a test can drive
+/// the scheduler through it on tokio's paused clock.
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub(crate) struct InProcess {
+    /// The simulator's routes, answering as over HTTP.
+    pub(crate) router: axum::Router,
+    sim: Arc<Sim>,
+}
+
+#[cfg(test)]
+impl InProcess {
+    /// A simulator of `config`, its image URLs naming 127.0.0.1:9 (never dialled).
+    pub(crate) fn new(config: SimConfig) -> InProcess {
+        let sim = Arc::new(Sim::new(config));
+        let router = routes::router(sim.clone(), SocketAddr::from(([127, 0, 0, 1], 9)));
+        InProcess { router, sim }
+    }
+
+    /// The simulator's counters.
+    pub(crate) fn stats(&self) -> Stats {
+        self.sim.stats()
+    }
+}
+
 /// Serves the simulator on `listener` until `shutdown` resolves, then finishes the answers in
 /// flight and returns. Fails at once if `config` does not [validate](SimConfig::validate).
 pub async fn serve(

@@ -10,7 +10,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+// The tokio clock (the system clock outside tests): a test on paused time drives generations,
+// rate windows, quota days and URL expiry with it.
+use tokio::time::Instant;
 
 use axum::http::StatusCode;
 use rand::{Rng, SeedableRng};

@@ -2,7 +2,9 @@
 //! submits per item) and [`TaskRecord`] (one per accepted submit, with its timeline).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 

@@ -185,6 +185,21 @@ impl SqliteStore {
     }
 }
 
+#[cfg(test)]
+impl SqliteStore {
+    /// Opens every connection the pool may hold, so that no later query waits for one to be
+    /// made: a test on tokio's paused clock would see the pool's acquire timeout pass while a
+    /// connection opens on its thread.
+    pub(crate) async fn open_all_connections(&self) {
+        // The writer holds one for the life of the store.
+        let others = self.pool.options().get_max_connections().saturating_sub(1);
+        let mut held = Vec::new();
+        for _ in 0..others {
+            held.push(self.pool.acquire().await.expect("a connection"));
+        }
+    }
+}
+
 impl Store for SqliteStore {
     fn location(&self) -> String {
         self.path.display().to_string()

@@ -27,12 +27,26 @@ pub(super) const APPLICATION_ID: i64 = 0x524E_5231; // "RNR1"
 /// Without either, sqlx would instead open `min_connections` in a task of its own while the pool
 /// opens its first connection: two connections turning a new file to WAL at once, and one of them
 /// refused as locked. So no pool of the project asks for a minimum either.
+///
+/// A connection is not pinged before it is handed out: it is a file in this process, not a
+/// socket that can go stale, and the ping was one more round trip to SQLite's thread per query.
 pub fn pool_options() -> SqlitePoolOptions {
     SqlitePoolOptions::new()
         .idle_timeout(None)
         .max_lifetime(None)
         .min_connections(0)
+        .test_before_acquire(false)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
 }
+
+/// How long a query waits for a free connection before it fails.
+#[cfg(not(test))]
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+/// In unit tests the scheduler runs on tokio's paused clock, which jumps to the next timer
+/// whenever every task waits, also while a query waits on SQLite's thread: a day of virtual
+/// time can pass before that thread answers.
+#[cfg(test)]
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(86_400);
 
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
