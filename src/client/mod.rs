@@ -2,15 +2,30 @@
 //!
 //! It fetches the access token with `EB_AK`/`EB_SK` (kept between runs through a [`TokenCache`],
 //! which the store implements; refreshed once when the API answers 100/110/111) or uses a preset
-//! `EB_ACCESS_TOKEN`; submits, queries and
-//! downloads with a timeout on every request; and classifies every failure. The access token is
-//! carried in the URL's query, so every error is stripped of its URL before it can reach a message
-//! or a log line; the secret key is never written anywhere.
+//! `EB_ACCESS_TOKEN`; submits, queries and downloads with a timeout on every request; and
+//! classifies every failure. The access token is carried in the URL's query, so every error is
+//! stripped of its URL before it can reach a message or a log line; the secret key is never
+//! written anywhere.
+//!
+//! - [`Api`]: what the scheduler asks of the API; [`Client`] speaks it over HTTP.
+//! - `secret`: [`Credentials`] and [`Secret`]. `cache`: [`TokenCache`]. `error`: [`ClientError`].
+//! - `buf`: [`ImageBuf`], a download laid out for direct writes. `answer`: reading answers.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
+mod answer;
+mod buf;
+mod cache;
+mod error;
+mod secret;
+
+pub use answer::{check_download_status, check_task_id, read_answer, url_expiry};
+pub use buf::{Downloaded, IMAGE_BUF_ALIGN, ImageBuf};
+pub use cache::{CacheError, TokenCache};
+pub use error::ClientError;
+pub use secret::{Credentials, Secret};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -19,78 +34,8 @@ use tokio::sync::Mutex;
 
 use crate::api::now_ms;
 use crate::api::{
-    self, Envelope, ErrorClass, OAuthError, QueryData, QueryRequest, SubmitData, SubmitRequest,
-    TokenAnswer,
+    self, ErrorClass, OAuthError, QueryData, QueryRequest, SubmitData, SubmitRequest, TokenAnswer,
 };
-
-/// A secret string whose `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-/// Where fetched access tokens are kept between runs, tied to the base URL and a fingerprint of
-/// the API key they were fetched with (the store implements it; the secret key is never kept).
-pub trait TokenCache: Send + Sync + fmt::Debug {
-    /// The cached token and its expiry (Unix ms), when it is valid until at least `valid_until`.
-    fn cached<'a>(
-        &'a self,
-        base_url: &'a str,
-        client_id: &'a str,
-        valid_until: i64,
-    ) -> BoxFuture<'a, Result<Option<(String, i64)>, CacheError>>;
-    /// Keeps a token (replacing the one kept before).
-    fn save<'a>(
-        &'a self,
-        base_url: &'a str,
-        client_id: &'a str,
-        token: &'a str,
-        expires_at: i64,
-    ) -> BoxFuture<'a, Result<(), CacheError>>;
-    /// Forgets the kept token (the API called it invalid or expired).
-    fn clear(&self) -> BoxFuture<'_, Result<(), CacheError>>;
-}
-
-/// A token cache that could not be read or written, and why.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CacheError(pub String);
-
-/// How the client authenticates.
-#[derive(Debug, Clone)]
-pub enum Credentials {
-    /// API key and secret key: the client fetches (and caches) an access token.
-    Keys {
-        /// API key (`EB_AK`).
-        ak: String,
-        /// Secret key (`EB_SK`).
-        sk: Secret,
-    },
-    /// A preset access token (`EB_ACCESS_TOKEN`).
-    Token(Secret),
-}
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -114,204 +59,6 @@ impl ClientConfig {
             download_timeout: Duration::from_secs(120),
             max_image_bytes: 64 << 20,
         }
-    }
-}
-
-/// Errors of the client layer.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The API answered with an error code (HTTP 200).
-    #[error("API error {code}: {msg}")]
-    Api {
-        /// The error code.
-        code: i64,
-        /// The error message.
-        msg: String,
-        /// Censorship details, when given.
-        detail: Option<String>,
-    },
-    /// No access token could be had (the request for one failed); nothing else was sent.
-    #[error("cannot get an access token: {0}")]
-    TokenFetch(Box<ClientError>),
-    /// The token endpoint refused the keys.
-    #[error("the token endpoint refused the credentials: {error}: {description}")]
-    Auth {
-        /// For example `invalid_client`.
-        error: String,
-        /// For example `unknown client id`.
-        description: String,
-    },
-    /// An HTTP status other than success.
-    #[error("HTTP {status} from {what}")]
-    Status {
-        /// The status code.
-        status: u16,
-        /// Which request.
-        what: &'static str,
-    },
-    /// The request failed on the way (connect, timeout, dropped connection, cut-off body).
-    #[error("{what} failed: {source}")]
-    Transport {
-        /// Which request.
-        what: &'static str,
-        /// The transport error, stripped of its URL.
-        source: reqwest::Error,
-    },
-    /// The answer does not follow the API's schema.
-    #[error("malformed answer from {what}: {detail}")]
-    Malformed {
-        /// Which request.
-        what: &'static str,
-        /// What was wrong.
-        detail: String,
-    },
-    /// The image URL has expired (HTTP 403/410).
-    #[error("the image URL has expired (HTTP {status})")]
-    Expired {
-        /// The status code.
-        status: u16,
-    },
-    /// The image is larger than allowed.
-    #[error("the image is larger than {limit} bytes")]
-    TooLarge {
-        /// The limit.
-        limit: u64,
-    },
-    /// The image URL is not http(s).
-    #[error("refusing to download from a non-http(s) URL")]
-    BadUrl,
-    /// The token cache could not be read or written.
-    #[error("token cache: {0}")]
-    TokenCache(#[from] CacheError),
-}
-
-impl ClientError {
-    /// What the caller should do, by the API's error table.
-    pub fn class(&self) -> ErrorClass {
-        match self {
-            ClientError::Api { code, .. } => ErrorClass::of(*code),
-            ClientError::TokenFetch(inner) => inner.class(),
-            ClientError::Auth { .. } | ClientError::BadUrl => ErrorClass::Fatal,
-            ClientError::Status { status: 429, .. } => ErrorClass::Rate,
-            ClientError::Status { .. } => ErrorClass::Transient,
-            ClientError::Transport { .. } | ClientError::Malformed { .. } => ErrorClass::Transient,
-            ClientError::Expired { .. } => ErrorClass::Transient,
-            ClientError::TooLarge { .. } => ErrorClass::Permanent,
-            ClientError::TokenCache(_) => ErrorClass::Fatal,
-        }
-    }
-
-    /// The API error code, if the API gave one.
-    pub fn code(&self) -> Option<i64> {
-        match self {
-            ClientError::Api { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-
-    /// Whether a submit that failed this way may still have created its task: no well-formed
-    /// answer came back, so the API may have processed the request.
-    pub fn is_ambiguous(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Transport { .. }
-                | ClientError::Malformed { .. }
-                | ClientError::Status { .. }
-        )
-    }
-
-    /// Whether the image URL is dead and a fresh one must be queried.
-    pub fn is_expired(&self) -> bool {
-        matches!(self, ClientError::Expired { .. })
-    }
-}
-
-/// The unit of direct I/O: buffers, lengths and file offsets on multiples of it are accepted by
-/// every common block device and file system (logical blocks are 512 or 4,096 bytes).
-pub const IMAGE_BUF_ALIGN: usize = 4096;
-
-/// The bytes of one image in memory, laid out for direct I/O: the first byte on a
-/// [`IMAGE_BUF_ALIGN`] boundary as long as the buffer never grows past the capacity it was made
-/// with (the download sizes it from the `Content-Length`).
-#[derive(Clone)]
-pub struct ImageBuf {
-    buf: Vec<u8>,
-    /// Where the image starts in `buf` (the bytes before it are padding).
-    start: usize,
-}
-
-impl ImageBuf {
-    /// An empty buffer that takes `capacity` bytes without moving.
-    pub fn with_capacity(capacity: usize) -> ImageBuf {
-        let mut buf: Vec<u8> = Vec::with_capacity(capacity.saturating_add(IMAGE_BUF_ALIGN));
-        let start = buf.as_ptr().align_offset(IMAGE_BUF_ALIGN);
-        let start = if start < IMAGE_BUF_ALIGN { start } else { 0 };
-        buf.resize(start, 0);
-        ImageBuf { buf, start }
-    }
-
-    /// Appends bytes (a buffer that outgrows its capacity moves and loses its alignment, and is
-    /// then written the ordinary way).
-    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// The image's bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    /// The number of bytes.
-    pub fn len(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    /// Whether it holds no byte.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many leading bytes can be written with direct I/O: the whole blocks, when the buffer
-    /// starts on a block boundary.
-    pub fn aligned_len(&self) -> usize {
-        if self.as_slice().as_ptr().align_offset(IMAGE_BUF_ALIGN) == 0 {
-            self.len() / IMAGE_BUF_ALIGN * IMAGE_BUF_ALIGN
-        } else {
-            0
-        }
-    }
-}
-
-impl std::fmt::Debug for ImageBuf {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ImageBuf")
-            .field("len", &self.len())
-            .field("aligned_len", &self.aligned_len())
-            .finish()
-    }
-}
-
-impl From<Vec<u8>> for ImageBuf {
-    fn from(buf: Vec<u8>) -> ImageBuf {
-        ImageBuf { buf, start: 0 }
-    }
-}
-
-/// A finished download.
-#[derive(Clone)]
-pub struct Downloaded {
-    /// The bytes, laid out for the archive's direct writes.
-    pub body: ImageBuf,
-    /// Hex SHA-256 of the bytes.
-    pub sha256: String,
-}
-
-impl fmt::Debug for Downloaded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Downloaded")
-            .field("bytes", &self.body.len())
-            .field("sha256", &self.sha256)
-            .finish()
     }
 }
 
@@ -654,72 +401,6 @@ impl Api for Client {
     }
 }
 
-/// Reads an answer of submit or query (`what`) that came with HTTP `status`: its `data`, or the
-/// error it carries, classified.
-pub fn read_answer<T: serde::de::DeserializeOwned>(
-    what: &'static str,
-    status: u16,
-    bytes: &[u8],
-) -> Result<T, ClientError> {
-    if !(200..300).contains(&status) {
-        // Some gateways put an API error in a non-200 answer; prefer it when it parses.
-        if let Ok(Envelope::<serde_json::Value> {
-            error_code: Some(code),
-            error_msg,
-            ..
-        }) = serde_json::from_slice(bytes)
-        {
-            return Err(ClientError::Api {
-                code,
-                msg: error_msg.unwrap_or_default(),
-                detail: None,
-            });
-        }
-        return Err(ClientError::Status { status, what });
-    }
-    let envelope: Envelope<T> =
-        serde_json::from_slice(bytes).map_err(|e| ClientError::Malformed {
-            what,
-            detail: e.to_string(),
-        })?;
-    if let Some(code) = envelope.error_code.filter(|c| *c != 0) {
-        return Err(ClientError::Api {
-            code,
-            msg: envelope.error_msg.unwrap_or_default(),
-            detail: envelope.error_detail.map(|d| d.to_string()),
-        });
-    }
-    envelope.data.ok_or_else(|| ClientError::Malformed {
-        what,
-        detail: "neither data nor error_code".into(),
-    })
-}
-
-/// A submit answer's data, refused when its task id is empty (no task to poll).
-pub fn check_task_id(data: SubmitData) -> Result<SubmitData, ClientError> {
-    if data.task_id.is_empty() || data.task_id == "0" {
-        return Err(ClientError::Malformed {
-            what: "submit",
-            detail: "empty task id".into(),
-        });
-    }
-    Ok(data)
-}
-
-/// What the HTTP status of an image download says: expired (403, 410), a redirect the policy did
-/// not follow (to another scheme, or one too many), another failure, or go on.
-pub fn check_download_status(status: u16) -> Result<(), ClientError> {
-    match status {
-        403 | 410 => Err(ClientError::Expired { status }),
-        300..=399 => Err(ClientError::BadUrl),
-        200..=299 => Ok(()),
-        _ => Err(ClientError::Status {
-            status,
-            what: "image download",
-        }),
-    }
-}
-
 /// An HTTP client with the runner's settings; `loopback` for a simulator on this machine.
 fn http_client(loopback: bool) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder();
@@ -763,35 +444,6 @@ fn transport(what: &'static str, e: reqwest::Error) -> ClientError {
         what,
         source: e.without_url(),
     }
-}
-
-/// When a signed image URL stops working, read from its signature when it carries one
-/// (`expires=UNIX`, or BCE's `authorization=bce-auth-v1/AK/TIMESTAMP/SECONDS/...`), else
-/// `fallback_ms` from `now_ms`.
-pub fn url_expiry(url: &str, now_ms: i64, fallback_ms: i64) -> i64 {
-    let Ok(parsed) = reqwest::Url::parse(url) else {
-        return now_ms + fallback_ms;
-    };
-    for (k, v) in parsed.query_pairs() {
-        if (k == "expires" || k == "Expires")
-            && let Ok(secs) = v.parse::<i64>()
-        {
-            return secs * 1000;
-        }
-        if k == "authorization" {
-            let parts: Vec<&str> = v.split('/').collect();
-            if parts.len() >= 4
-                && parts[0] == "bce-auth-v1"
-                && let (Ok(ts), Ok(secs)) = (
-                    chrono::DateTime::parse_from_rfc3339(parts[2]),
-                    parts[3].parse::<i64>(),
-                )
-            {
-                return ts.timestamp_millis() + secs * 1000;
-            }
-        }
-    }
-    now_ms + fallback_ms
 }
 
 #[cfg(test)]
