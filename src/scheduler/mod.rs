@@ -340,6 +340,40 @@ pub async fn run(
     halt: CancellationToken,
 ) -> Result<RunSummary, SchedulerError> {
     let started = Instant::now();
+    let (batches, state) = prepare(store.as_ref(), archive.as_ref(), &opts).await?;
+    let shared = Arc::new(Shared {
+        submit_intake: Pacer::new(opts.limits.submit_qps),
+        submit_limiter: Pacer::new(opts.limits.submit_qps),
+        query_limiter: Pacer::new(opts.limits.query_qps),
+        store,
+        client,
+        archive,
+        state: Mutex::new(state),
+        wake_submit: Notify::new(),
+        wake_poll: Notify::new(),
+        wake_fetch: Notify::new(),
+        stop_submits: halt.child_token(),
+        halt,
+        done: CancellationToken::new(),
+        opts,
+        records: TaskTracker::new(),
+        record_err: Mutex::new(None),
+        policies: Mutex::new(HashMap::new()),
+    });
+
+    let set = spawn_stages(&shared);
+    wait_for_stages(&shared, set).await?;
+    summarize(&shared, &batches, started).await
+}
+
+/// Before a run: submits interrupted by a crash recovered as ambiguous, leftover downloads
+/// cleared, manifests rewritten from the store, and the work in hand (running tasks, images to
+/// download) taken up. Returns the run's batches and its starting state.
+async fn prepare(
+    store: &dyn Store,
+    archive: &dyn Archive,
+    opts: &RunOptions,
+) -> Result<(Vec<String>, State), SchedulerError> {
     let recovery = store.recover().await?;
     if !recovery.ambiguous.is_empty() {
         tracing::warn!(
@@ -357,7 +391,7 @@ pub async fn run(
         if cleared > 0 {
             tracing::info!(batch = %b, files = cleared, "removed unfinished downloads");
         }
-        rewrite_manifest(store.as_ref(), archive.as_ref(), b).await?;
+        rewrite_manifest(store, archive, b).await?;
     }
 
     let mut state = State {
@@ -401,26 +435,11 @@ pub async fn run(
         state.adopt_fetch(img);
     }
 
-    let shared = Arc::new(Shared {
-        submit_intake: Pacer::new(opts.limits.submit_qps),
-        submit_limiter: Pacer::new(opts.limits.submit_qps),
-        query_limiter: Pacer::new(opts.limits.query_qps),
-        store,
-        client,
-        archive,
-        state: Mutex::new(state),
-        wake_submit: Notify::new(),
-        wake_poll: Notify::new(),
-        wake_fetch: Notify::new(),
-        stop_submits: halt.child_token(),
-        halt,
-        done: CancellationToken::new(),
-        opts,
-        records: TaskTracker::new(),
-        record_err: Mutex::new(None),
-        policies: Mutex::new(HashMap::new()),
-    });
+    Ok((batches, state))
+}
 
+/// Starts the stages and the watchers of the time box and the halt.
+fn spawn_stages(shared: &Arc<Shared>) -> JoinSet<Result<(), SchedulerError>> {
     let mut set = JoinSet::new();
     if let Some(deadline) = shared.opts.deadline {
         let s = shared.clone();
@@ -466,6 +485,15 @@ pub async fn run(
         });
     }
 
+    set
+}
+
+/// Waits for every stage and every archive step; the first error (or panic) stops the run and
+/// is returned.
+async fn wait_for_stages(
+    shared: &Arc<Shared>,
+    mut set: JoinSet<Result<(), SchedulerError>>,
+) -> Result<(), SchedulerError> {
     let mut first_err: Option<SchedulerError> = None;
     while let Some(res) = set.join_next().await {
         match res {
@@ -489,12 +517,17 @@ pub async fn run(
     if let Some(e) = record_err {
         first_err.get_or_insert(e);
     }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
+    first_err.map_or(Ok(()), Err)
+}
 
+/// After a run: manifests rewritten, and what the run did and what is left, from the store.
+async fn summarize(
+    shared: &Arc<Shared>,
+    batches: &[String],
+    started: Instant,
+) -> Result<RunSummary, SchedulerError> {
     let batches_now = shared.opts.batches.clone();
-    for b in &batches {
+    for b in batches {
         rewrite_manifest(shared.store.as_ref(), shared.archive.as_ref(), b).await?;
     }
     let pending = shared
